@@ -1,0 +1,37 @@
+"""nox sessions: `nox -s tests`, `nox -s lint`, `nox -s layers` (layer benchmark).
+
+Virtualenvs are reused between runs (torch is large); `nox -s tests --no-reuse-existing-virtualenvs`
+forces a fresh one.
+"""
+
+import nox
+
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["lint", "tests"]
+
+TORCH = "torch==2.13.0"  # the CPU build on this workplace's disk; see README
+
+
+def install(session):
+    session.install(TORCH)
+    session.install("-e", ".[dev]")
+
+
+@nox.session
+def tests(session):
+    """Unit and Hypothesis property tests."""
+    install(session)
+    session.run("pytest", "tests", "-q", *session.posargs)
+
+
+@nox.session
+def lint(session):
+    session.install("ruff")
+    session.run("ruff", "check", "sparsebench", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def layers(session):
+    """The layer benchmark: one training step per representation at real layer shapes, vs dense."""
+    install(session)
+    session.run("pytest", "benchmarks/test_layer_bench.py", "-q", *session.posargs)

@@ -1,0 +1,25 @@
+"""Registry: representation name -> the SparseWeight class that stores and computes with it.
+
+Adding a representation: one module with a ``SparseWeight`` subclass (its autograd function
+beside it), one entry here, and its name in the property tests' list.
+"""
+
+import warnings
+
+# torch marks its sparse compressed layouts "beta" on every construction; we use them on purpose
+warnings.filterwarnings("ignore", message="Sparse (CSR|BSR|CSC|BSC) tensor support is in beta state")
+
+from .base import RepresentationUnavailable, SparseConv2d, SparseLinear, SparseWeight  # noqa: E402
+from .bsr import BsrWeight  # noqa: E402
+from .csr import CsrWeight  # noqa: E402
+from .masked import MaskedWeight  # noqa: E402
+from .semi import SemiWeight  # noqa: E402
+
+REPRESENTATIONS: dict[str, type[SparseWeight]] = {
+    "masked": MaskedWeight,
+    "csr": CsrWeight,
+    "bsr": BsrWeight,
+    "semi": SemiWeight,
+}
+
+__all__ = ["REPRESENTATIONS", "RepresentationUnavailable", "SparseConv2d", "SparseLinear", "SparseWeight"]

@@ -1,0 +1,112 @@
+"""``bsr``: only the kept RxC blocks are stored, in torch's block-sparse (BSR) layout, and they are
+the only parameter the optimizer sees.
+
+Per step, with ``W`` (out, in) and ``x`` (n, in):
+  forward         y^T  = W @ x^T      torch BSR x dense
+  input gradient  dx^T = W^T @ dy^T   W^T is BSR of transposed blocks: structure once, values per step
+  weight gradient at kept blocks only: torch has no block SDDMM on CPU, so the kept blocks' elements
+                  are addressed as a CSR pattern and computed with ``torch.sparse.sampled_addmm``,
+                  then gathered back into blocks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..patterns import as_matrix
+from .base import SparseWeight
+from .csr import csr_structure
+
+
+def block_mask_of(mask2d: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    r, c = block
+    rows, cols = mask2d.shape
+    return mask2d.reshape(rows // r, r, cols // c, c).any(dim=3).any(dim=1)
+
+
+def to_blocks(w2d: torch.Tensor, block_mask: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """Values (nnzb, R, C) of the kept blocks in block-row-major order (torch's BSR order)."""
+    r, c = block
+    rows, cols = w2d.shape
+    return w2d.reshape(rows // r, r, cols // c, c).permute(0, 2, 1, 3)[block_mask].contiguous()
+
+
+def expand_blocks(crow, col, block, shape2d):
+    """Element-level CSR (crow, col) of the kept blocks' elements, and for each element (in that
+    CSR order) its flat index in the (nnzb, R, C) values. Derived per step and dropped, so only the
+    block indices are stored across steps."""
+    r, c = block
+    rows = shape2d[0]
+    per_row = (crow.diff() * c).repeat_interleave(r)  # elements in each element-row
+    elem_crow = torch.zeros(rows + 1, dtype=torch.int64, device=crow.device)
+    elem_crow[1:] = torch.cumsum(per_row, 0)
+    row = torch.repeat_interleave(torch.arange(rows, device=crow.device), per_row)
+    pos = torch.arange(int(elem_crow[-1]), device=crow.device) - elem_crow[row]  # position within the row
+    k = crow[row // r] + pos // c  # which stored block
+    j = pos % c
+    elem_col = col[k] * c + j
+    block_from_elem = (k * r + row % r) * c + j
+    return elem_crow, elem_col, block_from_elem
+
+
+class _BsrMatmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, values, layer):
+        ctx.save_for_backward(x, values)
+        ctx.layer = layer
+        w = torch.sparse_bsr_tensor(layer.crow, layer.col, values, layer.shape2d, check_invariants=False)
+        return (w @ x.t().contiguous()).t()
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, values = ctx.saved_tensors
+        layer = ctx.layer
+        dy = dy.contiguous()
+        dx = dvalues = None
+        if ctx.needs_input_grad[0]:
+            wt_values = values[layer.perm].transpose(1, 2).contiguous()
+            wt = torch.sparse_bsr_tensor(layer.t_crow, layer.t_col, wt_values, layer.shape2d[::-1], check_invariants=False)
+            dx = (wt @ dy.t().contiguous()).t()
+        if ctx.needs_input_grad[1]:
+            elem_crow, elem_col, block_from_elem = expand_blocks(layer.crow, layer.col, layer.block, layer.shape2d)
+            # zeros, not empty: sampled_addmm multiplies the pattern values by beta=0, and 0 * NaN = NaN
+            pattern = torch.sparse_csr_tensor(elem_crow, elem_col, dy.new_zeros(elem_col.numel()), layer.shape2d, check_invariants=False)
+            elem_grads = torch.sparse.sampled_addmm(pattern, dy.t(), x, beta=0.0).values()
+            dvalues = torch.empty_like(elem_grads).index_put_((block_from_elem,), elem_grads).view_as(values)
+        return dx, dvalues, None
+
+
+class BsrWeight(SparseWeight):
+    name = "bsr"
+    patterns = frozenset({"block"})
+
+    @classmethod
+    def check_scheme(cls, scheme):
+        super().check_scheme(scheme)
+        if scheme.pattern == "block" and scheme.block[0] != scheme.block[1]:
+            r, c = scheme.block
+            raise ValueError(f"scheme '{scheme}': torch's CPU BSR kernels (MKL) take only square blocks, not {r}x{c}; "
+                             f"use a square block such as {max(r, c)}x{max(r, c)}, or '{scheme.with_representation('csr')}'")
+
+    def __init__(self, weight, mask, scheme):
+        super().__init__(weight, mask, scheme)
+        self.block = tuple(scheme.block)
+        w2d, mask2d = as_matrix(weight).detach(), as_matrix(mask).bool()
+        self.shape2d = tuple(w2d.shape)
+        blocks = block_mask_of(mask2d.cpu(), self.block)
+        crow, col, t_crow, t_col, perm = csr_structure(blocks)
+        for name, t in dict(crow=crow, col=col, t_crow=t_crow, t_col=t_col, perm=perm).items():
+            self.register_buffer(name, t.to(weight.device))
+        self.values = nn.Parameter(to_blocks(w2d, blocks.to(w2d.device), self.block))
+
+    def linear(self, x):
+        return _BsrMatmul.apply(x, self.values, self)
+
+    @property
+    def stored(self):
+        return self.values
+
+    def densify(self, stored_like):
+        dense = torch.sparse_bsr_tensor(self.crow, self.col, stored_like, self.shape2d, check_invariants=False)
+        return dense.to_dense().reshape(self.shape)

@@ -1,0 +1,67 @@
+"""Model surgery: which layers are pruned, and by which representation they are replaced.
+
+By default every nn.Linear and nn.Conv2d weight is pruned except the model's first layer and its
+final classifier (the usual choice in the pruning literature). A model may name its own dense
+layers with a ``keep_dense`` attribute (e.g. the transformer's first layer is an embedding, so only
+its classifier stays dense); ``keep_dense=`` here overrides both.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable
+
+from torch import nn
+
+from .patterns import PATTERNS, as_matrix, make_mask
+from .representations import REPRESENTATIONS, SparseConv2d, SparseLinear
+from .schemes import Scheme, parse_scheme
+
+
+def prunable_layers(model: nn.Module, keep_dense: Iterable[str] | None = None) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the Linear/Conv2d layers that the scheme applies to, in model order."""
+    layers = [(n, m) for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
+    if keep_dense is None:
+        keep_dense = getattr(model, "keep_dense", None)
+    if keep_dense is None:
+        keep_dense = {layers[0][0], layers[-1][0]} if len(layers) > 1 else set()
+    keep_dense = set(keep_dense)
+    unknown = keep_dense - {n for n, _ in layers}
+    if unknown:
+        raise ValueError(f"keep_dense names {sorted(unknown)}, which are not Linear/Conv2d layers of this model; "
+                         f"its layers are {[n for n, _ in layers]}")
+    return [(n, m) for n, m in layers if n not in keep_dense]
+
+
+def layer_seed(seed: int, name: str) -> int:
+    """A per-layer seed that does not depend on Python's hash randomisation."""
+    return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+
+
+def sparsify(model: nn.Module, scheme: Scheme | str, seed: int = 0, keep_dense: Iterable[str] | None = None) -> nn.Module:
+    """Replace the prunable layers of ``model`` in place with ``scheme``'s representation; returns the model.
+
+    Every layer is checked before any is replaced, so a refused scheme leaves the model untouched.
+    """
+    scheme = parse_scheme(scheme) if isinstance(scheme, str) else scheme
+    if scheme.pattern == "dense":
+        return model
+    rep = REPRESENTATIONS[scheme.representation]
+    layers = prunable_layers(model, keep_dense)
+    for name, layer in layers:
+        if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+            raise ValueError(f"layer {name!r}: grouped convolutions (groups={layer.groups}) are not supported; "
+                             f"leave it dense with keep_dense")
+        shape2d = tuple(as_matrix(layer.weight).shape)
+        PATTERNS[scheme.pattern].check_shape(scheme, shape2d, name)
+        rep.check_layer(scheme, shape2d, name)
+    for name, layer in layers:
+        mask = make_mask(layer.weight, scheme, seed=layer_seed(seed, name), layer=name)
+        weight = rep(layer.weight.detach(), mask, scheme)
+        if isinstance(layer, nn.Linear):
+            new = SparseLinear(weight, layer.bias)
+        else:
+            new = SparseConv2d(weight, layer.bias, layer)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    return model

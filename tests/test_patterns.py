@@ -1,0 +1,104 @@
+import math
+
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from sparsebench import PATTERNS, make_mask, parse_scheme
+from sparsebench.patterns import n_zeroed
+
+sparsities = st.floats(0.0, 0.99)
+seeds = st.integers(0, 2**31 - 1)
+dims = st.integers(1, 40)
+
+
+def weight(shape, seed):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_registry_covers_the_spec():
+    assert set(PATTERNS) >= {"dense", "random", "magnitude", "block", "nm"}
+
+
+@given(n=st.integers(1, 10_000), s=sparsities)
+def test_rounding_rule(n, s):
+    z = n_zeroed(s, n)
+    assert z == min(math.floor(s * n + 0.5), n - 1)
+    assert 0 <= z < n  # never every unit
+
+
+@given(rows=dims, cols=dims, s=sparsities, seed=seeds, pattern=st.sampled_from(["random", "magnitude"]))
+def test_unstructured_kept_count(rows, cols, s, seed, pattern):
+    w = weight((rows, cols), seed)
+    mask = make_mask(w, f"{pattern}:{s}", seed=seed)
+    assert mask.shape == w.shape and mask.dtype == torch.bool
+    assert int(mask.sum()) == w.numel() - n_zeroed(s, w.numel())
+
+
+@given(out=st.integers(1, 8), cin=st.integers(1, 8), k=st.sampled_from([1, 3]), s=sparsities, seed=seeds)
+def test_conv_weight_mask_has_conv_shape(out, cin, k, s, seed):
+    w = weight((out, cin, k, k), seed)
+    mask = make_mask(w, f"random:{s}", seed=seed)
+    assert mask.shape == w.shape
+    assert int(mask.sum()) == w.numel() - n_zeroed(s, w.numel())
+
+
+@given(rows=dims, cols=dims, s=sparsities, seed=seeds)
+def test_magnitude_keeps_the_largest(rows, cols, s, seed):
+    w = weight((rows, cols), seed)
+    mask = make_mask(w, f"magnitude:{s}")
+    assume(0 < int(mask.sum()) < w.numel())
+    assert w.abs()[mask].min() >= w.abs()[~mask].max()
+
+
+@given(rows=st.integers(8, 40), cols=st.integers(8, 40), s=st.floats(0.1, 0.9), seed=seeds)
+def test_random_same_seed_same_mask_other_seed_other_mask(rows, cols, s, seed):
+    w = weight((rows, cols), 0)
+    a = make_mask(w, f"random:{s}", seed=seed)
+    assert torch.equal(a, make_mask(w, f"random:{s}", seed=seed))
+    assert not torch.equal(a, make_mask(w, f"random:{s}", seed=seed + 1))
+
+
+@given(br=st.integers(1, 6), bc=st.integers(1, 6), r=st.sampled_from([1, 2, 4, 8]), c=st.sampled_from([1, 2, 4, 8]),
+       s=sparsities, seed=seeds)
+def test_block_all_or_nothing(br, bc, r, c, s, seed):
+    w = weight((br * r, bc * c), seed)
+    mask = make_mask(w, f"block:{r}x{c}:{s}")
+    blocks = mask.reshape(br, r, bc, c).permute(0, 2, 1, 3).reshape(br * bc, r * c)
+    assert bool((blocks.all(dim=1) | ~blocks.any(dim=1)).all())  # each block all kept or all zero
+    assert int(blocks.all(dim=1).sum()) == br * bc - n_zeroed(s, br * bc)
+    # the kept blocks are those with the largest L1 norm
+    norms = w.abs().reshape(br, r, bc, c).sum(dim=(1, 3)).reshape(-1)
+    kept = blocks.all(dim=1)
+    if 0 < int(kept.sum()) < kept.numel():
+        assert norms[kept].min() >= norms[~kept].max()
+
+
+@given(rows=dims, groups=st.integers(1, 10), nm=st.sampled_from([(1, 2), (2, 4), (1, 4), (4, 8), (3, 3), (2, 8)]),
+       seed=seeds)
+def test_nm_exactly_n_per_group(rows, groups, nm, seed):
+    n, m = nm
+    w = weight((rows, groups * m), seed)
+    mask = make_mask(w, f"nm:{n}:{m}")
+    grouped = mask.reshape(rows, groups, m)
+    assert bool((grouped.sum(-1) == n).all())
+    wg = w.abs().reshape(rows, groups, m)  # the kept are the N largest of each group
+    kept_min = torch.where(grouped, wg, torch.inf).min(-1).values
+    pruned_max = torch.where(~grouped, wg, -torch.inf).max(-1).values
+    assert bool((kept_min >= pruned_max).all())
+
+
+def test_dense_keeps_everything():
+    assert bool(make_mask(torch.randn(5, 7), "dense").all())
+
+
+@pytest.mark.parametrize("scheme, shape, words", [
+    ("block:4x4:0.5", (10, 16), ["'fc'", "does not tile", "10x16", "divide"]),
+    ("nm:2:4", (8, 10), ["'fc'", "M=4", "divides 10"]),
+])
+def test_shape_mismatch_names_layer_and_fix(scheme, shape, words):
+    with pytest.raises(ValueError) as err:
+        make_mask(torch.randn(shape), parse_scheme(scheme), layer="fc")
+    for w in words:
+        assert w in str(err.value)

@@ -1,0 +1,159 @@
+"""Every representation against the masked dense reference: forward output, input gradient and
+weight gradient at kept positions, for Linear and Conv2d; optimizer invariants after several steps."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from sparsebench import REPRESENTATIONS, RepresentationUnavailable, make_mask, parse_scheme, sparsify
+from sparsebench.representations import SparseWeight
+
+# which patterns each representation stores (a new representation adds its line here)
+PATTERNS_OF = {
+    "masked": ["random", "magnitude", "block", "nm"],
+    "csr": ["random", "magnitude", "block", "nm"],
+    "bsr": ["block"],
+    "semi": ["nm24"],
+}
+SPARSE_REPS = [r for r in REPRESENTATIONS if r in PATTERNS_OF]
+
+
+def test_every_representation_is_tested():
+    assert set(PATTERNS_OF) >= set(REPRESENTATIONS) - {"auto"}
+
+
+@st.composite
+def scheme_for(draw, rep, rows, cols):
+    """A valid scheme string of representation ``rep`` for a (rows, cols) weight matrix."""
+    pattern = draw(st.sampled_from(PATTERNS_OF[rep]))
+    s = draw(st.sampled_from([0.0, 0.3, 0.5, 0.75, 0.9, 0.95]))
+    if pattern == "block":
+        r = draw(st.sampled_from([d for d in (1, 2, 4, 8) if rows % d == 0 and (rep != "bsr" or cols % d == 0)]))
+        c = r if rep == "bsr" else draw(st.sampled_from([d for d in (1, 2, 4, 8) if cols % d == 0]))
+        return f"block:{r}x{c}:{s}@{rep}"
+    if pattern == "nm24":
+        return f"nm:2:4@{rep}"
+    if pattern == "nm":
+        n, m = draw(st.sampled_from([(1, 2), (2, 4), (1, 4), (2, 8)]))
+        if cols % m:
+            return f"random:{s}@{rep}"
+        return f"nm:{n}:{m}@{rep}"
+    return f"{pattern}:{s}@{rep}"
+
+
+def sparse_layer(layer: nn.Module, scheme: str, seed: int):
+    """Wrap one layer so sparsify prunes it (keep_dense=[] -> every layer is pruned)."""
+    model = nn.Sequential(copy.deepcopy(layer))
+    try:
+        sparsify(model, scheme, seed=seed, keep_dense=[])
+    except RepresentationUnavailable as why:
+        pytest.skip(str(why))
+    return model[0]
+
+
+def check_against_reference(dense_layer, sparse, x, functional):
+    """Compare ``sparse`` with ``functional(x, W*mask)`` on outputs and all gradients."""
+    sw: SparseWeight = sparse.sparse_weight
+    mask = sw.mask()
+    w_ref = (dense_layer.weight.detach() * mask).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    x_sp = x.detach().clone().requires_grad_()
+    y_ref = functional(x_ref, w_ref, dense_layer.bias)
+    y_sp = sparse(x_sp)
+    grad_out = torch.randn_like(y_ref)
+    y_ref.backward(grad_out)
+    y_sp.backward(grad_out)
+    tol = dict(rtol=1e-4, atol=1e-4 * max(1.0, float(x.abs().max())) * x.shape[-1] ** 0.5)
+    torch.testing.assert_close(y_sp, y_ref, **tol)
+    torch.testing.assert_close(x_sp.grad, x_ref.grad, **tol)
+    dense_grad = sw.dense_grad()
+    assert dense_grad.shape == w_ref.shape
+    torch.testing.assert_close(dense_grad[mask], w_ref.grad[mask], **tol)  # at kept positions
+    assert bool((dense_grad[~mask] == 0).all())  # nothing outside them
+    torch.testing.assert_close(sparse.bias.grad, dense_layer_bias_grad(y_ref, grad_out), **tol)
+
+
+def dense_layer_bias_grad(y, grad_out):
+    dims = [d for d in range(grad_out.dim()) if d != (1 if grad_out.dim() == 4 else grad_out.dim() - 1)]
+    return grad_out.sum(dim=dims)
+
+
+@pytest.mark.parametrize("rep", SPARSE_REPS)
+@given(data=st.data(), out_dim=st.sampled_from([4, 8, 12, 16, 32]), in_dim=st.sampled_from([4, 8, 16, 24, 64]),
+       n=st.integers(1, 33), seed=st.integers(0, 10_000))
+def test_linear_matches_masked_reference(rep, data, out_dim, in_dim, n, seed):
+    if rep == "semi":
+        out_dim, in_dim = 32, 64
+    torch.manual_seed(seed)
+    layer = nn.Linear(in_dim, out_dim)
+    scheme = data.draw(scheme_for(rep, out_dim, in_dim))
+    sparse = sparse_layer(layer, scheme, seed)
+    check_against_reference(layer, sparse, torch.randn(n, in_dim), F.linear)
+
+
+@pytest.mark.parametrize("rep", SPARSE_REPS)
+@given(data=st.data(), cout=st.sampled_from([4, 8, 16]), cin=st.sampled_from([1, 2, 4, 8]), k=st.sampled_from([1, 3]),
+       hw=st.integers(3, 7), stride=st.sampled_from([1, 2]), padding=st.sampled_from([0, 1]),
+       seed=st.integers(0, 10_000))
+def test_conv2d_matches_masked_reference(rep, data, cout, cin, k, hw, stride, padding, seed):
+    if rep == "semi":
+        cout, cin, k = 32, 64, 1
+    torch.manual_seed(seed)
+    layer = nn.Conv2d(cin, cout, k, stride=stride, padding=padding)
+    scheme = data.draw(scheme_for(rep, cout, cin * k * k))
+    sparse = sparse_layer(layer, scheme, seed)
+
+    def conv(x, w, b):
+        return F.conv2d(x, w, b, stride=stride, padding=padding)
+
+    check_against_reference(layer, sparse, torch.randn(2, cin, hw, hw), conv)
+
+
+OPTIMIZERS = {
+    "adam_l2": lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-2),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+    "sgd_momentum": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, weight_decay=1e-2, nesterov=True),
+}
+
+
+@pytest.mark.parametrize("rep", SPARSE_REPS)
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+@given(data=st.data(), seed=st.integers(0, 10_000), steps=st.integers(2, 6))
+def test_pruned_weights_stay_zero_through_optimizer_steps(rep, opt, data, seed, steps):
+    torch.manual_seed(seed)
+    out_dim, in_dim = (32, 64) if rep == "semi" else (16, 32)
+    model = nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim))
+    scheme = data.draw(scheme_for(rep, out_dim, in_dim))
+    try:
+        sparsify(model, scheme, seed=seed, keep_dense=["2"])
+    except RepresentationUnavailable as why:
+        pytest.skip(str(why))
+    sw = model[0].sparse_weight
+    mask0, kept0 = sw.mask().clone(), int(sw.mask().sum())
+    optimizer = OPTIMIZERS[opt](model.parameters())
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(torch.randn(8, in_dim)).pow(2).mean().backward()
+        optimizer.step()
+    w = sw.to_dense()
+    assert torch.equal(sw.mask(), mask0)
+    assert int(sw.mask().sum()) == kept0
+    assert bool((w[~mask0] == 0).all()), "a pruned weight moved off zero"
+    if rep in ("csr", "bsr"):  # optimizer state is sized by the kept count, not the dense count
+        for state in optimizer.state[sw.stored].values():
+            if torch.is_tensor(state) and state.dim():
+                assert state.numel() == kept0
+
+
+@pytest.mark.parametrize("rep", ["csr", "bsr"])
+def test_no_dense_weight_is_stored(rep):
+    layer = nn.Linear(64, 32)
+    sparse = sparse_layer(layer, f"block:4x4:0.75@{rep}", 0)
+    tensors = list(sparse.parameters()) + list(sparse.buffers())
+    assert all(t.numel() < 64 * 32 for t in tensors), [t.shape for t in tensors]
+    assert sparse.sparse_weight.stored.numel() == int(make_mask(layer.weight, parse_scheme("block:4x4:0.75")).sum())
