@@ -14,8 +14,8 @@ Adding a pattern: write ``make_<name>(weight2d, scheme, generator) -> mask2d``, 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

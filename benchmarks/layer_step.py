@@ -1,0 +1,51 @@
+"""One training step of a single layer (forward, backward with input gradient, Adam step), the unit
+the layer benchmark times. Shared by the benchmark and by ``auto``-style measurements."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from sparsebench import memory_ledger, sparsify
+
+# the layer shapes of the reference models: (tokens, in, out)
+SHAPES = {
+    "ffn": (4096, 512, 2048),  # transformer feed-forward: 4096 tokens (batch 8 x 512), 512 -> 2048
+    "fc": (64, 4096, 512),  # CNN's first fully connected layer: batch 64, 4096 -> 512
+}
+
+
+class LayerStep:
+    """A Linear layer under ``scheme`` with Adam, fixed input and output gradient; ``step()`` trains once."""
+
+    def __init__(self, shape: str, scheme: str, seed: int = 0):
+        tokens, d_in, d_out = SHAPES[shape]
+        gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        self.model = sparsify(nn.Sequential(nn.Linear(d_in, d_out)), scheme, seed=seed, keep_dense=[])
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.x = torch.randn(tokens, d_in, generator=gen).requires_grad_()  # as inside a network: dx is needed
+        self.grad_out = torch.randn(tokens, d_out, generator=gen)
+
+    def step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.x.grad = None
+        self.model(self.x).backward(self.grad_out)
+        self.optimizer.step()
+
+    def ledger(self) -> dict[str, int]:
+        return memory_ledger(self.model, self.optimizer)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved_ratio(dense_times: list[float], sparse_times: list[float]) -> float:
+    """Speed-up against dense: median dense step time over median sparse step time (> 1: faster)."""
+    return statistics.median(dense_times) / statistics.median(sparse_times)
