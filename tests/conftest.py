@@ -1,5 +1,6 @@
 import os
 
+import pytest
 import torch
 from hypothesis import settings
 
@@ -8,3 +9,46 @@ settings.register_profile("ci", max_examples=25, deadline=None, print_blob=True)
 settings.register_profile("dev", max_examples=60, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def write_tiny_datasets(root, n_images=(256, 64), n_reviews=(256, 64), seed=0):
+    """Tiny CIFAR-10 and IMDB parquet files in the hub's schema (PNG bytes in an ``img`` struct;
+    ``text``), in the offline layout ``root/cifar10/{train,test}.parquet``, ``root/imdb/...``."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    words = ["good", "bad", "great", "awful", "movie", "plot", "actor", "boring", "fun", "the", "a", "was"]
+    for split, n_img, n_txt in zip(("train", "test"), n_images, n_reviews, strict=True):
+        pngs = []
+        for _ in range(n_img):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
+            pngs.append({"bytes": buf.getvalue(), "path": None})
+        labels = [i % 10 for i in range(n_img)]
+        table = pa.table({"img": pa.array(pngs, pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+                          "label": pa.array(labels, pa.int64())})
+        (root / "cifar10").mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, root / "cifar10" / f"{split}.parquet")
+        texts = [" ".join(rng.choice(words, size=int(rng.integers(3, 40)))) + "<br /><br />" for _ in range(n_txt)]
+        table = pa.table({"text": texts, "label": pa.array([i % 2 for i in range(n_txt)], pa.int64())})
+        (root / "imdb").mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, root / "imdb" / f"{split}.parquet")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+    return write_tiny_datasets(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """Point sparsebench's cache at a temp dir, so tests never touch ~/.cache."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SPARSEBENCH_CACHE_DIR", str(cache))
+    return cache

@@ -6,8 +6,12 @@ beside it), one entry here, and its name in the property tests' list.
 
 import warnings
 
+import torch
+
 # torch marks its sparse compressed layouts "beta" on every construction; we use them on purpose
 warnings.filterwarnings("ignore", message="Sparse (CSR|BSR|CSC|BSC) tensor support is in beta state")
+# invariant checks are off by default; saying so explicitly silences torch's warning about it
+torch.sparse.check_sparse_tensor_invariants.disable()
 
 from .base import RepresentationUnavailable, SparseConv2d, SparseLinear, SparseWeight  # noqa: E402
 from .bsr import BsrWeight  # noqa: E402

@@ -38,6 +38,7 @@ def expand_blocks(crow, col, block, shape2d):
     block indices are stored across steps."""
     r, c = block
     rows = shape2d[0]
+    crow, col = crow.long(), col.long()
     per_row = (crow.diff() * c).repeat_interleave(r)  # elements in each element-row
     elem_crow = torch.zeros(rows + 1, dtype=torch.int64, device=crow.device)
     elem_crow[1:] = torch.cumsum(per_row, 0)
@@ -55,7 +56,7 @@ class _BsrMatmul(torch.autograd.Function):
     def forward(ctx, x, values, layer):
         ctx.save_for_backward(x, values)
         ctx.layer = layer
-        w = torch.sparse_bsr_tensor(layer.crow, layer.col, values, layer.shape2d, check_invariants=False)
+        w = torch.sparse_bsr_tensor(layer.crow, layer.col, values, layer.shape2d)
         return (w @ x.t().contiguous()).t()
 
     @staticmethod
@@ -66,12 +67,13 @@ class _BsrMatmul(torch.autograd.Function):
         dx = dvalues = None
         if ctx.needs_input_grad[0]:
             wt_values = values[layer.perm].transpose(1, 2).contiguous()
-            wt = torch.sparse_bsr_tensor(layer.t_crow, layer.t_col, wt_values, layer.shape2d[::-1], check_invariants=False)
+            wt = torch.sparse_bsr_tensor(layer.t_crow, layer.t_col, wt_values, layer.shape2d[::-1])
             dx = (wt @ dy.t().contiguous()).t()
         if ctx.needs_input_grad[1]:
             elem_crow, elem_col, block_from_elem = expand_blocks(layer.crow, layer.col, layer.block, layer.shape2d)
             # zeros, not empty: sampled_addmm multiplies the pattern values by beta=0, and 0 * NaN = NaN
-            pattern = torch.sparse_csr_tensor(elem_crow, elem_col, dy.new_zeros(elem_col.numel()), layer.shape2d, check_invariants=False)
+            zeros = dy.new_zeros(elem_col.numel())
+            pattern = torch.sparse_csr_tensor(elem_crow, elem_col, zeros, layer.shape2d)
             elem_grads = torch.sparse.sampled_addmm(pattern, dy.t(), x, beta=0.0).values()
             dvalues = torch.empty_like(elem_grads).index_put_((block_from_elem,), elem_grads).view_as(values)
         return dx, dvalues, None
@@ -87,7 +89,8 @@ class BsrWeight(SparseWeight):
         if scheme.pattern == "block" and scheme.block[0] != scheme.block[1]:
             r, c = scheme.block
             raise ValueError(f"scheme '{scheme}': torch's CPU BSR kernels (MKL) take only square blocks, not {r}x{c}; "
-                             f"use a square block such as {max(r, c)}x{max(r, c)}, or '{scheme.with_representation('csr')}'")
+                             f"use a square block such as {max(r, c)}x{max(r, c)}, "
+                             f"or '{scheme.with_representation('csr')}'")
 
     def __init__(self, weight, mask, scheme):
         super().__init__(weight, mask, scheme)
@@ -108,5 +111,5 @@ class BsrWeight(SparseWeight):
         return self.values
 
     def densify(self, stored_like):
-        dense = torch.sparse_bsr_tensor(self.crow, self.col, stored_like, self.shape2d, check_invariants=False)
+        dense = torch.sparse_bsr_tensor(self.crow, self.col, stored_like, self.shape2d)
         return dense.to_dense().reshape(self.shape)

@@ -19,7 +19,8 @@ from .base import SparseWeight
 
 def csr_structure(mask2d: torch.Tensor):
     """(crow, col) of the kept positions in row-major order, and the transposed structure:
-    (t_crow, t_col, perm) such that ``values[perm]`` are W^T's CSR values."""
+    (t_crow, t_col, perm) such that ``values[perm]`` are W^T's CSR values. int32 (torch's sparse
+    kernels accept it), which halves the index memory against int64."""
     rows, cols = mask2d.shape
     r, c = mask2d.nonzero(as_tuple=True)
     crow = torch.zeros(rows + 1, dtype=torch.int64)
@@ -27,7 +28,7 @@ def csr_structure(mask2d: torch.Tensor):
     perm = torch.argsort(c * rows + r)  # column-major order of the kept entries = CSR order of W^T
     t_crow = torch.zeros(cols + 1, dtype=torch.int64)
     t_crow[1:] = torch.cumsum(torch.bincount(c, minlength=cols), 0)
-    return crow, c.to(torch.int64), t_crow, r[perm].to(torch.int64), perm
+    return tuple(t.to(torch.int32) for t in (crow, c, t_crow, r[perm], perm))
 
 
 class _CsrMatmul(torch.autograd.Function):
@@ -35,7 +36,7 @@ class _CsrMatmul(torch.autograd.Function):
     def forward(ctx, x, values, layer):
         ctx.save_for_backward(x, values)
         ctx.layer = layer
-        w = torch.sparse_csr_tensor(layer.crow, layer.col, values, layer.shape2d, check_invariants=False)
+        w = torch.sparse_csr_tensor(layer.crow, layer.col, values, layer.shape2d)
         return torch.sparse.mm(w, x.t().contiguous()).t()
 
     @staticmethod
@@ -45,10 +46,10 @@ class _CsrMatmul(torch.autograd.Function):
         dy = dy.contiguous()
         dx = dvalues = None
         if ctx.needs_input_grad[0]:
-            wt = torch.sparse_csr_tensor(layer.t_crow, layer.t_col, values[layer.perm], layer.shape2d[::-1], check_invariants=False)
+            wt = torch.sparse_csr_tensor(layer.t_crow, layer.t_col, values[layer.perm], layer.shape2d[::-1])
             dx = torch.sparse.mm(wt, dy.t().contiguous()).t()
         if ctx.needs_input_grad[1]:
-            pattern = torch.sparse_csr_tensor(layer.crow, layer.col, values.detach(), layer.shape2d, check_invariants=False)
+            pattern = torch.sparse_csr_tensor(layer.crow, layer.col, values.detach(), layer.shape2d)
             dvalues = torch.sparse.sampled_addmm(pattern, dy.t(), x, beta=0.0).values()
         return dx, dvalues, None
 
@@ -73,5 +74,5 @@ class CsrWeight(SparseWeight):
         return self.values
 
     def densify(self, stored_like):
-        dense = torch.sparse_csr_tensor(self.crow, self.col, stored_like, self.shape2d, check_invariants=False)
+        dense = torch.sparse_csr_tensor(self.crow, self.col, stored_like, self.shape2d)
         return dense.to_dense().reshape(self.shape)

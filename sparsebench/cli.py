@@ -1,0 +1,183 @@
+"""The command line: ``sparsebench run | grid | report | check | baselines update``.
+
+Every failure the user can fix (bad arguments, missing data, missing baselines, unwritable
+output) ends in one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+EXIT_REGRESSION = 1  # the gate found a regression
+EXIT_USAGE = 2  # the user asked for something that cannot be done as asked
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + traceback
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def writable_dir(path: Path) -> Path:
+    """Fail before hours of training, not after: create ``path`` and prove a file can be written there."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UsageError(f"cannot write to {path}: {err.strerror or err}") from None
+    return path
+
+
+def add_cell_options(p: argparse.ArgumentParser) -> None:
+    from .budgets import BUDGETS
+
+    p.add_argument("--budget", default="ci", choices=list(BUDGETS), help="training budget (default: ci)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, masks and batch order (default: 0)")
+    p.add_argument("--data-dir", help="offline data directory with cifar10/ and imdb/ parquet files "
+                                      "(default: $SPARSEBENCH_DATA_DIR, then ../shared/data)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda for the full budget when present, else cpu")
+    p.add_argument("--seconds", type=float, help="train for this wall-clock time instead of the budget's steps")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def build_parser() -> Parser:
+    from .grid import DEFAULT_ARCHS, DEFAULT_SCHEMES
+
+    parser = Parser(prog="sparsebench", description="Train sparse CNN/Transformer cells and measure what sparsity "
+                    "costs and buys: accuracy, peak memory, training and inference time, model size.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("run", help="train and measure one cell", description="Train one architecture under one "
+                       "scheme and budget; write its result document (JSON).")
+    p.add_argument("--arch", required=True, choices=list(DEFAULT_ARCHS))
+    p.add_argument("--scheme", required=True, help="PATTERN[@REPRESENTATION], e.g. dense, random:0.5@csr, "
+                   "block:4x4:0.5@bsr, nm:2:4, magnitude:0.9")
+    p.add_argument("--out", required=True, type=Path, help="result file to write (JSON)")
+    add_cell_options(p)
+
+    p = sub.add_parser("grid", help="run the grid of cells", description="Run every arch x scheme cell; each "
+                       "result is written to OUT/<arch>/<scheme>.json as soon as it is done; then print the report.")
+    p.add_argument("--out", required=True, type=Path, help="results directory")
+    p.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), choices=list(DEFAULT_ARCHS))
+    p.add_argument("--schemes", nargs="+", default=list(DEFAULT_SCHEMES), help="default: the default grid: "
+                   + " ".join(DEFAULT_SCHEMES))
+    add_cell_options(p)
+
+    p = sub.add_parser("report", help="tables and plots from a results directory",
+                       description="Print the trade-off table and write report.md and PNG plots.")
+    p.add_argument("results", type=Path, help="results directory (searched recursively)")
+    p.add_argument("--out", type=Path, help="where report.md and the PNGs go (default: the results directory)")
+
+    p = sub.add_parser("check", help="gate a results directory against the stored baselines",
+                       description="Exit 1 and list every regression (cell, metric, baseline, measured, tolerance).")
+    p.add_argument("results", type=Path)
+    p.add_argument("--budget", default="ci")
+    p.add_argument("--baselines", type=Path, default=Path("baselines"), help="baselines root (default: baselines)")
+
+    p = sub.add_parser("baselines", help="manage stored baselines")
+    bsub = p.add_subparsers(dest="action", required=True, parser_class=Parser)
+    u = bsub.add_parser("update", help="write baselines from complete, green result directories",
+                        description="Write baselines/<budget>/<arch>/<scheme>.json from one or more complete runs "
+                        "of the default grid (several runs: their spread sets the tolerances). Atomic.")
+    u.add_argument("results", type=Path, nargs="+", help="results directories (repeated runs of the same grid)")
+    u.add_argument("--budget", default="ci")
+    u.add_argument("--baselines", type=Path, default=Path("baselines"))
+    u.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS))
+    u.add_argument("--schemes", nargs="+", default=list(DEFAULT_SCHEMES))
+    return parser
+
+
+def cmd_run(args) -> int:
+    from .budgets import get_budget
+    from .grid import run_one
+    from .results import write_json_atomic
+    from .schemes import parse_scheme
+
+    scheme = parse_scheme(args.scheme)
+    budget = get_budget(args.budget)
+    if args.seconds:
+        budget = budget.with_seconds(args.seconds)
+    writable_dir(args.out.resolve().parent)
+    doc = run_one(args.arch, str(scheme), budget, args.seed, args.data_dir, args.device, not args.quiet)
+    write_json_atomic(args.out, doc)
+    if doc["status"] == "ok":
+        print(f"{args.arch} {scheme}: accuracy {doc['accuracy']:.4f}, train {doc['train_time_s']:.1f} s, "
+              f"time x{doc['time_ratio_vs_dense']:.2f} of dense, peak {doc['peak_memory_bytes'] / 2**20:.1f} MiB "
+              f"-> {args.out}")
+    else:
+        print(f"{args.arch} {scheme}: skipped ({doc['reason']}) -> {args.out}")
+    return 0
+
+
+def cmd_grid(args) -> int:
+    from .budgets import get_budget
+    from .grid import default_cells, run_grid
+    from .report import build_report
+
+    cells = default_cells(args.archs, args.schemes)
+    budget = get_budget(args.budget)
+    if args.seconds:
+        budget = budget.with_seconds(args.seconds)
+    writable_dir(args.out)
+    run_grid(cells, budget, args.out, args.seed, args.data_dir, args.device, not args.quiet)
+    print(build_report(args.out))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    if not args.results.is_dir():
+        raise UsageError(f"results directory {args.results} does not exist; make one with: sparsebench grid --out DIR")
+    if args.out:
+        writable_dir(args.out)
+    print(build_report(args.results, args.out))
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .gate import check_dir
+
+    report = check_dir(args.results, args.baselines, args.budget)
+    print("\n".join(report.lines()))
+    return 0 if report.ok else EXIT_REGRESSION
+
+
+def cmd_baselines(args) -> int:
+    from .gate import update_baselines
+    from .grid import default_cells
+
+    for line in update_baselines(args.results, args.baselines, args.budget, default_cells(args.archs, args.schemes)):
+        print(line)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "grid": cmd_grid, "report": cmd_report, "check": cmd_check, "baselines": cmd_baselines}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import DataNotFound
+    from .gate import BaselineError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except (UsageError, ValueError, DataNotFound, BaselineError, FileNotFoundError, PermissionError) as err:
+        message = str(err) if isinstance(err, UsageError) else f"sparsebench: error: {err}"
+        print(message, file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("sparsebench: interrupted; results already written are complete, the cell in flight was dropped",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

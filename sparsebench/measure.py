@@ -1,0 +1,138 @@
+"""Measurements that are easy to get wrong: interleaved step timing, peak memory in a separate
+untimed pass, the saved model's size, realised sparsity, and the environment."""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .representations import SparseConv2d, SparseLinear
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def interleaved_step_times(dense_step, scheme_step, steps: int,
+                           device: torch.device) -> tuple[list[float], list[float]]:
+    """Alternate dense and scheme steps (after one untimed warm-up each) so both see the same
+    machine state; a noisy neighbour slows both, and their ratio survives it."""
+    dense_step(), scheme_step()
+    dense, scheme = [], []
+    for _ in range(steps):
+        dense.append(timed(dense_step, device))
+        scheme.append(timed(scheme_step, device))
+    return dense, scheme
+
+
+def time_ratio(dense_times: list[float], scheme_times: list[float]) -> float:
+    """Scheme step time over dense step time (medians): above 1.0 the scheme is slower."""
+    return statistics.median(scheme_times) / statistics.median(dense_times)
+
+
+def peak_memory(training_pass: Callable[[], None], device: torch.device) -> tuple[int, str]:
+    """Peak memory of ``training_pass`` (which builds its model and optimizer itself).
+
+    CPU: memray's peak heap of everything allocated during the pass (the dataset, loaded before,
+    is not counted). CUDA: ``torch.cuda.max_memory_allocated``. Never used for timing."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        training_pass()
+        return torch.cuda.max_memory_allocated(device) - base, "cuda.max_memory_allocated"
+    import memray
+
+    with tempfile.TemporaryDirectory() as tmp:
+        capture = Path(tmp) / "peak.bin"
+        with memray.Tracker(capture, native_traces=False, follow_fork=False):
+            training_pass()
+        return int(memray.FileReader(capture).metadata.peak_memory), "memray.peak_heap"
+
+
+def saved_size(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())``: the model as a user would store it."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
+
+
+def sparsity_report(model: nn.Module) -> dict:
+    """Realised sparsity and kept count per weight layer and in total.
+
+    ``kept``: positions the representation stores as kept; ``nonzero``: stored values that are
+    not zero. Realised sparsity is 1 - nonzero/count, so a pruned weight that drifts off zero
+    (a mask that stops holding) shows as a fall in realised sparsity."""
+    layers = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (SparseLinear, SparseConv2d)):
+            sw = module.sparse_weight
+            count, kept, nonzero = sw.dense_numel, int(sw.mask().sum()), int(torch.count_nonzero(sw.stored))
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            count = kept = module.weight.numel()
+            nonzero = int(torch.count_nonzero(module.weight))
+        else:
+            continue
+        layers[name] = {"count": count, "kept": kept, "nonzero": nonzero, "realised": 1 - nonzero / count}
+    count = sum(v["count"] for v in layers.values())
+    nonzero = sum(v["nonzero"] for v in layers.values())
+    total = {"count": count, "kept": sum(v["kept"] for v in layers.values()), "nonzero": nonzero,
+             "realised": 1 - nonzero / count if count else 0.0}
+    return {"total": total, "layers": layers}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    """The code version that made a result: $SPARSEBENCH_COMMIT, or git's HEAD (+ '-dirty')."""
+    if os.environ.get("SPARSEBENCH_COMMIT"):
+        return os.environ["SPARSEBENCH_COMMIT"]
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment(device: torch.device) -> dict:
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device.type,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "commit": git_commit(),
+        "platform": platform.platform(),
+    }
