@@ -24,7 +24,7 @@ REQUIRED_KEYS = (
     "inference_time_s", "inference_samples_per_s",
     "peak_memory_bytes", "peak_memory_method",
     "ledger", "model_size_bytes", "dense_model_size_bytes",
-    "sparsity", "time_ratio_vs_dense", "env",
+    "sparsity", "realised_sparsity", "time_ratio_vs_dense", "env",
 )
 # A cell that did not run (status "skipped" / "error") still names itself; nothing else is promised.
 IDENTITY_KEYS = ("schema_version", "status", "arch", "scheme", "slug", "budget")
@@ -33,7 +33,7 @@ _STR_KEYS = ("status", "arch", "scheme", "slug", "pattern", "representation", "b
 _NUMBER_KEYS = (
     "target_sparsity", "accuracy", "final_loss", "train_time_s", "step_time_s", "inference_time_s",
     "inference_samples_per_s", "peak_memory_bytes", "model_size_bytes", "dense_model_size_bytes",
-    "time_ratio_vs_dense",
+    "time_ratio_vs_dense", "realised_sparsity",
 )
 _INT_KEYS = ("seed", "steps", "samples")
 _DICT_KEYS = ("budget_settings", "dataset", "model", "ledger", "sparsity", "env")

@@ -40,6 +40,7 @@ def make_result(arch="cnn", scheme="dense", **overrides):
         "peak_memory_bytes": 100 * MiB, "peak_memory_method": "memray",
         "ledger": {"total": 4, "dense_total": 8}, "model_size_bytes": 1 * MiB, "dense_model_size_bytes": 2 * MiB,
         "sparsity": {"total": {"realised": target, "kept": 1, "count": 2}, "layers": {}},
+        "realised_sparsity": target,
         "time_ratio_vs_dense": 1.0 if pattern == "dense" else 2.0,
         "env": {"device": "cpu", "cpu": "test", "commit": "abc123"},
     }
@@ -111,6 +112,7 @@ def test_identical_results_pass(baselined):
     ("peak_memory_bytes", 150 * MiB, 50 * MiB),
     ("model_size_bytes", 2 * MiB, MiB // 2),
     ("time_ratio_vs_dense", 3.0, 1.0),
+    ("realised_sparsity", 0.4, 0.6),
 ])
 def test_each_metric_fails_only_in_its_worse_direction(baselined, metric, worse, better):
     _, root = baselined

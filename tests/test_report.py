@@ -27,6 +27,7 @@ def make_result(arch="cnn", scheme="dense", **overrides):
         "ledger": {"total": 4 * MiB, "dense_total": 8 * MiB}, "model_size_bytes": 512 * 1024,
         "dense_model_size_bytes": 1024 * 1024,
         "sparsity": {"total": {"realised": target * 0.95, "kept": 1, "count": 2}, "layers": {}},
+        "realised_sparsity": target * 0.95,
         "time_ratio_vs_dense": 1.0 + target,
         "env": {"torch": "2.13.0", "device": "cpu", "threads": 2, "cpu": "Test CPU", "gpu": None, "commit": "abc123"},
     }

@@ -38,6 +38,7 @@ def make_result(arch="cnn", scheme="dense", **overrides):
                    "dense_total": 8},
         "model_size_bytes": 1000, "dense_model_size_bytes": 2000,
         "sparsity": {"total": {"realised": target * 0.9, "kept": 100, "count": 200}, "layers": {}},
+        "realised_sparsity": target * 0.9,
         "time_ratio_vs_dense": 1.0 if pattern == "dense" else 1.7,
         "env": {"torch": "2.13.0", "device": "cpu", "threads": 2, "cpu": "test cpu", "gpu": None,
                 "commit": "abc123", "python": "3.11.7"},
