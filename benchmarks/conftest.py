@@ -1,4 +1,7 @@
+import os
+import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -10,9 +13,57 @@ _LAYER_ROWS: list[dict] = []
 
 
 def pytest_addoption(parser):
-    parser.addoption("--rounds", type=int, default=5, help="timed rounds per layer-benchmark cell (default 5)")
-    parser.addoption("--layer-table", default="results/layer_bench.md",
-                     help="where the layer benchmark writes its markdown table")
+    group = parser.getgroup("sparsebench")
+    group.addoption("--rounds", type=int, default=5, help="timed rounds per layer-benchmark cell (default 5)")
+    group.addoption("--layer-table", default="results/layer_bench.md",
+                    help="where the layer benchmark writes its markdown table")
+    group.addoption("--budget", default="ci", help="grid budget: smoke, ci (default) or full")
+    group.addoption("--grid-rounds", type=int, default=1,
+                    help="training runs per grid cell, each from a fresh seeded model (default 1)")
+    group.addoption("--grid-seed", type=int, default=0, help="seed of every grid cell (default 0)")
+    group.addoption("--results-dir", default=None,
+                    help="where grid result documents go (default: results/bench-<budget>, emptied at start)")
+    group.addoption("--baselines", default="baselines", help="baselines root (default: baselines)")
+    group.addoption("--no-gate", action="store_true", help="run and record the grid without checking baselines")
+    group.addoption("--progress", action="store_true", help="show a progress bar per cell")
+
+
+@dataclass
+class GridSettings:
+    budget: object
+    seed: int
+    rounds: int
+    results_dir: Path
+    baselines: Path
+    gate: bool
+    progress: bool
+    failures: list = field(default_factory=list)
+
+
+def _results_dir(config) -> Path:
+    return Path(config.getoption("--results-dir") or f"results/bench-{config.getoption('--budget')}")
+
+
+def pytest_sessionstart(session):
+    # the controller (not an xdist worker) starts each grid run from an empty results directory,
+    # so the report never mixes this run's cells with an earlier run's
+    config = session.config
+    if os.environ.get("PYTEST_XDIST_WORKER") is None and any("test_grid" in str(a) for a in config.args):
+        shutil.rmtree(_results_dir(config), ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def grid(request):
+    from sparsebench.budgets import get_budget
+
+    config = request.config
+    try:
+        budget = get_budget(config.getoption("--budget"))
+    except ValueError as err:
+        raise pytest.UsageError(str(err)) from None
+    return GridSettings(budget, config.getoption("--grid-seed"), config.getoption("--grid-rounds"),
+                        _results_dir(config), Path(config.getoption("--baselines")),
+                        not config.getoption("--no-gate"), config.getoption("--progress"))
 
 
 @pytest.fixture
@@ -30,6 +81,12 @@ def pytest_configure(config):
 
 
 def pytest_terminal_summary(terminalreporter, config):
+    results = _results_dir(config)
+    if os.environ.get("PYTEST_XDIST_WORKER") is None and any(results.rglob("*.json")):
+        from sparsebench.report import build_report
+
+        terminalreporter.write_sep("=", f"sparsebench report ({results})")
+        terminalreporter.write_line(build_report(results))
     if not _LAYER_ROWS:
         return
     from tabulate import tabulate

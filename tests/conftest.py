@@ -13,7 +13,10 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 def write_tiny_datasets(root, n_images=(256, 64), n_reviews=(256, 64), seed=0):
     """Tiny CIFAR-10 and IMDB parquet files in the hub's schema (PNG bytes in an ``img`` struct;
-    ``text``), in the offline layout ``root/cifar10/{train,test}.parquet``, ``root/imdb/...``."""
+    ``text``), in the offline layout ``root/cifar10/{train,test}.parquet``, ``root/imdb/...``.
+
+    Learnable on purpose (each class has its own colour; positive reviews use positive words), so a
+    few steps reach high accuracy and a fault that breaks training shows as an accuracy drop."""
     import io
 
     import numpy as np
@@ -22,19 +25,23 @@ def write_tiny_datasets(root, n_images=(256, 64), n_reviews=(256, 64), seed=0):
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    words = ["good", "bad", "great", "awful", "movie", "plot", "actor", "boring", "fun", "the", "a", "was"]
+    colours = rng.integers(0, 256, (10, 1, 1, 3))
+    neutral, positive, negative = ["movie", "plot", "actor", "the", "a", "was"], ["good", "great", "fun"], \
+        ["bad", "awful", "boring"]
     for split, n_img, n_txt in zip(("train", "test"), n_images, n_reviews, strict=True):
         pngs = []
-        for _ in range(n_img):
+        for i in range(n_img):
             buf = io.BytesIO()
-            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
+            pixels = 0.6 * colours[i % 10] + 0.4 * rng.integers(0, 256, (32, 32, 3))
+            Image.fromarray(pixels.astype(np.uint8)).save(buf, format="PNG")
             pngs.append({"bytes": buf.getvalue(), "path": None})
         labels = [i % 10 for i in range(n_img)]
         table = pa.table({"img": pa.array(pngs, pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
                           "label": pa.array(labels, pa.int64())})
         (root / "cifar10").mkdir(parents=True, exist_ok=True)
         pq.write_table(table, root / "cifar10" / f"{split}.parquet")
-        texts = [" ".join(rng.choice(words, size=int(rng.integers(3, 40)))) + "<br /><br />" for _ in range(n_txt)]
+        texts = [" ".join(rng.choice(neutral + (positive if i % 2 else negative), size=int(rng.integers(3, 40))))
+                 + "<br /><br />" for i in range(n_txt)]
         table = pa.table({"text": texts, "label": pa.array([i % 2 for i in range(n_txt)], pa.int64())})
         (root / "imdb").mkdir(parents=True, exist_ok=True)
         pq.write_table(table, root / "imdb" / f"{split}.parquet")
