@@ -13,7 +13,8 @@ from sparsebench.results import REQUIRED_KEYS, validate_result
 
 SMOKE = BUDGETS["smoke"]
 # one scheme per representation (semi is skipped with its reason on a machine without CUDA)
-SCHEME_OF = {"masked": "random:0.5", "csr": "random:0.5@csr", "bsr": "block:4x4:0.5@bsr", "semi": "nm:2:4@semi"}
+SCHEME_OF = {"masked": "random:0.5", "csr": "random:0.5@csr", "bsr": "block:4x4:0.5@bsr",
+             "bsr_cpp": "block:4x4:0.5@bsr_cpp", "semi": "nm:2:4@semi"}
 
 
 def test_every_representation_has_a_smoke_scheme():

@@ -18,6 +18,7 @@ PATTERNS_OF = {
     "masked": ["random", "magnitude", "block", "nm"],
     "csr": ["random", "magnitude", "block", "nm"],
     "bsr": ["block"],
+    "bsr_cpp": ["block"],
     "semi": ["nm24"],
 }
 SPARSE_REPS = [r for r in REPRESENTATIONS if r in PATTERNS_OF]

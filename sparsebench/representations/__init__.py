@@ -15,6 +15,7 @@ torch.sparse.check_sparse_tensor_invariants.disable()
 
 from .base import RepresentationUnavailable, SparseConv2d, SparseLinear, SparseWeight  # noqa: E402
 from .bsr import BsrWeight  # noqa: E402
+from .bsr_cpp import BsrCppWeight  # noqa: E402
 from .csr import CsrWeight  # noqa: E402
 from .masked import MaskedWeight  # noqa: E402
 from .semi import SemiWeight  # noqa: E402
@@ -23,6 +24,7 @@ REPRESENTATIONS: dict[str, type[SparseWeight]] = {
     "masked": MaskedWeight,
     "csr": CsrWeight,
     "bsr": BsrWeight,
+    "bsr_cpp": BsrCppWeight,
     "semi": SemiWeight,
 }
 

@@ -1,0 +1,143 @@
+"""Property tests: sparsebench.kernels BSR products against dense references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+kernels = pytest.importorskip("sparsebench.kernels")
+if not kernels.available():  # builds the extension on first use (cached afterwards)
+    pytest.skip(f"BSR C++ kernels unavailable: {kernels.unavailable_reason()}", allow_module_level=True)
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+BLOCKS = [(1, 1), (2, 2), (4, 4), (8, 8), (16, 16), (32, 32), (4, 8), (8, 4), (16, 4), (4, 32), (3, 5)]
+EPS = torch.finfo(torch.float32).eps
+
+
+def make_bsr(nbr, nbc, R, C, sparsity, seed, empty_rows=()):
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.rand(nbr, nbc, generator=g) >= sparsity
+    for r in empty_rows:
+        if r < nbr:
+            keep[r] = False
+    mask = keep.repeat_interleave(R, 0).repeat_interleave(C, 1)
+    W = torch.randn(nbr * R, nbc * C, generator=g) * mask
+    b = W.to_sparse_bsr((R, C))
+    # a zero-valued kept block would vanish in to_sparse_bsr; build from the mask instead
+    crow = torch.zeros(nbr + 1, dtype=torch.int64)
+    crow[1:] = keep.sum(1).cumsum(0)
+    col = keep.nonzero()[:, 1].contiguous()
+    vals = W.reshape(nbr, R, nbc, C).permute(0, 2, 1, 3)[keep].contiguous()
+    assert b.values().shape[0] <= vals.shape[0]
+    Wd = torch.sparse_bsr_tensor(crow, col, vals, (nbr * R, nbc * C)).to_dense()
+    assert torch.equal(Wd, W)
+    return W, vals, crow, col, keep
+
+
+def tol(k: int):
+    # float32 sums of k products of ~N(0, 1) terms: error grows ~ eps * k in the worst case
+    return dict(rtol=1e-5, atol=max(1e-5, 8 * EPS * k * max(1.0, k**0.5)))
+
+
+def check_all(n, R, C, nbr, nbc, sparsity, seed, empty_rows=()):
+    W, vals, crow, col, keep = make_bsr(nbr, nbc, R, C, sparsity, seed, empty_rows)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(n, nbc * C, generator=g)
+    dy = torch.randn(n, nbr * R, generator=g)
+    out_f, in_f = nbr * R, nbc * C
+
+    y = kernels.bsr_linear_forward(x, vals, crow, col, out_f)
+    torch.testing.assert_close(y, x @ W.t(), **tol(in_f))
+
+    ts = kernels.transpose_structure(crow, col, nbc)
+    dx = kernels.bsr_linear_input_grad(dy, vals, crow, col, in_f, ts)
+    torch.testing.assert_close(dx, dy @ W, **tol(out_f))
+    dx2 = kernels.bsr_linear_input_grad(dy, vals, crow, col, in_f)  # structure computed inside
+    torch.testing.assert_close(dx2, dx, rtol=0, atol=0)
+
+    gv = kernels.bsr_linear_weight_grad(dy, x, crow, col, (R, C))
+    G = (dy.t() @ x).reshape(nbr, R, nbc, C).permute(0, 2, 1, 3)[keep]
+    assert gv.shape == (int(keep.sum()), R, C)
+    torch.testing.assert_close(gv, G, **tol(max(n, 1)))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(0, 45),
+    block=st.sampled_from(BLOCKS),
+    nbr=st.integers(1, 6),
+    nbc=st.integers(1, 6),
+    sparsity=st.sampled_from([0.0, 0.3, 0.5, 0.8, 0.95, 1.0]),
+    seed=st.integers(0, 2**16),
+    empty_row=st.integers(0, 5),
+)
+def test_products_match_dense(n, block, nbr, nbc, sparsity, seed, empty_row):
+    R, C = block
+    check_all(n, R, C, nbr, nbc, sparsity, seed, empty_rows=(empty_row,))
+
+
+@pytest.mark.parametrize("block", [(4, 4), (16, 16), (32, 32), (8, 8), (4, 8), (5, 3)])
+def test_long_token_range(block):
+    # more tokens than one weight-gradient token tile (64 / 512) and a ragged tail
+    R, C = block
+    check_all(1043, R, C, 5, 7, 0.6, 7, empty_rows=(2,))
+
+
+@pytest.mark.parametrize("block", [(4, 4), (16, 16), (2, 2)])
+def test_fully_empty_matrix(block):
+    R, C = block
+    check_all(33, R, C, 3, 4, 1.0, 3)
+
+
+def test_matches_torch_to_sparse_bsr_layout():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(64, 48, generator=g)
+    W[W.abs() < 1.0] = 0  # element sparsity; all 16x16 blocks survive
+    W[:16] = 0  # empty first block row
+    b = W.to_sparse_bsr((16, 16))
+    x = torch.randn(21, 48, generator=g)
+    y = kernels.bsr_linear_forward(x, b.values(), b.crow_indices(), b.col_indices(), 64)
+    torch.testing.assert_close(y, x @ W.t(), **tol(48))
+
+
+def test_non_contiguous_inputs():
+    W, vals, crow, col, keep = make_bsr(4, 4, 8, 8, 0.5, 11)
+    x = torch.randn(32, 40)[:, 4:36]  # row stride 40
+    y = kernels.bsr_linear_forward(x, vals, crow, col, 32)
+    torch.testing.assert_close(y, x @ W.t(), **tol(32))
+    xt = torch.randn(32, 32).t()  # column-major: copied to row-major inside
+    dy = torch.randn(32, 32).t()
+    gv = kernels.bsr_linear_weight_grad(dy, xt, crow, col, (8, 8))
+    G = (dy.t() @ xt).reshape(4, 8, 4, 8).permute(0, 2, 1, 3)[keep]
+    torch.testing.assert_close(gv, G, **tol(32))
+    dx = kernels.bsr_linear_input_grad(dy, vals, crow, col, 32)
+    torch.testing.assert_close(dx, dy @ W, **tol(32))
+
+
+def test_rejects_bad_inputs():
+    W, vals, crow, col, keep = make_bsr(4, 4, 4, 4, 0.5, 1)
+    x = torch.randn(8, 16)
+    with pytest.raises(ValueError, match="float32"):
+        kernels.bsr_linear_forward(x.double(), vals, crow, col, 16)
+    with pytest.raises(ValueError, match="float32"):
+        kernels.bsr_linear_forward(x, vals.double(), crow, col, 16)
+    with pytest.raises(ValueError, match="int64"):
+        kernels.bsr_linear_forward(x, vals, crow.int(), col, 16)
+    with pytest.raises(ValueError, match="CPU"):
+        kernels.bsr_linear_forward(x.to("meta"), vals, crow, col, 16)
+    with pytest.raises(ValueError, match="multiple"):
+        kernels.bsr_linear_forward(torch.randn(8, 15), vals, crow, col, 16)
+    with pytest.raises(ValueError, match="row_ptr"):
+        kernels.bsr_linear_forward(x, vals, crow, col, 32)  # out_features disagrees with row_ptr
+    with pytest.raises(ValueError, match="2-D"):
+        kernels.bsr_linear_forward(x[0], vals, crow, col, 16)
+    with pytest.raises(ValueError, match="col_idx"):
+        kernels.bsr_linear_forward(torch.randn(8, 8), vals, crow, col, 16)  # col out of range
+    with pytest.raises(ValueError, match="columns"):
+        kernels.bsr_linear_input_grad(torch.randn(8, 12), vals, crow, col, 16)
+    with pytest.raises(ValueError, match="rows"):
+        kernels.bsr_linear_weight_grad(torch.randn(8, 16), torch.randn(7, 16), crow, col, (4, 4))
+    with pytest.raises(ValueError, match="block"):
+        kernels.bsr_linear_weight_grad(torch.randn(8, 16), x, crow, col, 4)
