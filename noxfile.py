@@ -1,4 +1,5 @@
-"""nox sessions: `nox -s tests`, `nox -s lint`, `nox -s layers` (layer benchmark).
+"""nox sessions: `nox -s bench` (the default grid, report and gate), `nox -s tests`, `nox -s lint`,
+`nox -s layers` (the layer benchmark). Arguments after `--` go to pytest.
 
 Virtualenvs are reused between runs (torch is large); `nox -s tests --no-reuse-existing-virtualenvs`
 forces a fresh one.
@@ -28,6 +29,15 @@ def tests(session):
 def lint(session):
     session.install("ruff")
     session.run("ruff", "check", "sparsebench", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def bench(session):
+    """The default grid on the ci budget as pytest-benchmark tests: run saved (.benchmarks/), result
+    documents in results/bench-ci/, the report table and plots, and the gate against baselines/."""
+    install(session)
+    session.run("pytest", "benchmarks/test_grid.py", "--benchmark-autosave", "--benchmark-group-by=group",
+                "--benchmark-columns=min,rounds", "-p", "no:randomly", *session.posargs)
 
 
 @nox.session

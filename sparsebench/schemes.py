@@ -73,7 +73,8 @@ def _sparsity(text: str, scheme: str) -> float:
     except ValueError:
         raise ValueError(f"scheme {scheme!r}: sparsity {text!r} is not a number; write e.g. 0.5") from None
     if not (0.0 <= s < 1.0) or math.isnan(s):
-        raise ValueError(f"scheme {scheme!r}: sparsity {s} is outside [0, 1); give the fraction of weights to zero, e.g. 0.9")
+        raise ValueError(f"scheme {scheme!r}: sparsity {s} is outside [0, 1); "
+                         "give the fraction of weights to zero, e.g. 0.9")
     return s
 
 
@@ -94,7 +95,8 @@ def parse_scheme(text: str) -> Scheme:
     body, _, rep = text.partition("@")
     rep = rep or DEFAULT_REPRESENTATION
     if rep not in REPRESENTATIONS:
-        raise ValueError(f"scheme {text!r}: unknown representation {rep!r}; choose one of {', '.join(sorted(REPRESENTATIONS))}")
+        raise ValueError(f"scheme {text!r}: unknown representation {rep!r}; "
+                         f"choose one of {', '.join(sorted(REPRESENTATIONS))}")
     name, *params = body.split(":")
     if name not in PATTERNS:
         raise ValueError(f"scheme {text!r}: unknown pattern {name!r}; choose one of {', '.join(sorted(PATTERNS))}")
@@ -106,13 +108,15 @@ def parse_scheme(text: str) -> Scheme:
     elif name == "block":
         dims = params[0].lower().split("x")
         if len(dims) != 2:
-            raise ValueError(f"scheme {text!r}: block size {params[0]!r} must be RxC, e.g. 4x4 (pattern is written {usage!r})")
+            raise ValueError(f"scheme {text!r}: block size {params[0]!r} must be RxC, e.g. 4x4 "
+                             f"(pattern is written {usage!r})")
         block = (_int(dims[0], "block rows", text), _int(dims[1], "block cols", text))
         scheme = Scheme("block", _sparsity(params[1], text), block=block, representation=rep)
     elif name == "nm":
         n, m = _int(params[0], "N", text), _int(params[1], "M", text)
         if n > m:
-            raise ValueError(f"scheme {text!r}: N={n} > M={m}; N weights are kept out of every M, so N must be at most M (e.g. nm:2:4)")
+            raise ValueError(f"scheme {text!r}: N={n} > M={m}; N weights are kept out of every M, "
+                             "so N must be at most M (e.g. nm:2:4)")
         scheme = Scheme("nm", nm=(n, m), representation=rep)
     else:
         scheme = Scheme(name, _sparsity(params[0], text), representation=rep)

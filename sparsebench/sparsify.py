@@ -38,7 +38,8 @@ def layer_seed(seed: int, name: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
 
 
-def sparsify(model: nn.Module, scheme: Scheme | str, seed: int = 0, keep_dense: Iterable[str] | None = None) -> nn.Module:
+def sparsify(model: nn.Module, scheme: Scheme | str, seed: int = 0,
+             keep_dense: Iterable[str] | None = None) -> nn.Module:
     """Replace the prunable layers of ``model`` in place with ``scheme``'s representation; returns the model.
 
     Every layer is checked before any is replaced, so a refused scheme leaves the model untouched.

@@ -48,8 +48,9 @@ class BsrCppWeight(BsrWeight):
     @classmethod
     def check_layer(cls, scheme, shape2d, layer):
         if not kernels.available():
+            fallback = scheme.with_representation("bsr")
             raise RepresentationUnavailable(f"layer {layer!r}: bsr_cpp kernels unavailable here: "
-                                            f"{kernels.unavailable_reason()}; use '{scheme.with_representation('bsr')}'")
+                                            f"{kernels.unavailable_reason()}; use '{fallback}'")
 
     def __init__(self, weight, mask, scheme):
         super().__init__(weight, mask, scheme)
