@@ -19,7 +19,8 @@ class Training:
     steps: int | None = None  # fixed optimizer steps; or
     epochs: int | None = None  # whole passes over the (sub)set
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 1e-3  # the peak learning rate under "onecycle"
+    schedule: str = "constant"  # or "onecycle": warm up for a quarter of the steps, then anneal
     weight_decay: float = 0.0
     train_size: int | None = None  # first N training rows (rows are pre-shuffled); None = all
     test_size: int | None = None  # evaluation rows (IMDB: balanced, half per label); None = all
@@ -64,9 +65,10 @@ BUDGETS: dict[str, Budget] = {
     # CI gating on 2 CPU cores: the default grid in about 15 minutes
     "ci": Budget(
         "ci",
-        cnn=Training(steps=300, batch_size=64, lr=2e-3, test_size=None, eval_batch_size=1000),
-        transformer=Training(steps=300, batch_size=32, lr=1e-3, test_size=2000, eval_batch_size=250),
-        transformer_size=TransformerSize(layers=2, heads=4, d_model=128, d_ff=512, seq_len=128, vocab_size=8192),
+        cnn=Training(steps=600, batch_size=32, lr=2e-3, schedule="onecycle", test_size=None, eval_batch_size=100),
+        transformer=Training(steps=400, batch_size=32, lr=2e-3, schedule="onecycle", test_size=2000,
+                             eval_batch_size=250),
+        transformer_size=TransformerSize(layers=2, heads=4, d_model=64, d_ff=256, seq_len=128, vocab_size=8192),
         timing_steps=5, memory_steps=2,
     ),
     # the reference experiment, on a GPU

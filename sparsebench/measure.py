@@ -100,6 +100,12 @@ def sparsity_report(model: nn.Module) -> dict:
     return {"total": total, "layers": layers}
 
 
+def representations_of(model: nn.Module) -> dict[str, str]:
+    """Which representation stores each pruned layer (``auto`` resolves to one per layer)."""
+    return {name: m.sparse_weight.name for name, m in model.named_modules()
+            if isinstance(m, (SparseLinear, SparseConv2d))}
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable
 
+import torch
 from torch import nn
 
 from .patterns import PATTERNS, as_matrix, make_mask
@@ -38,11 +39,32 @@ def layer_seed(seed: int, name: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
 
 
-def sparsify(model: nn.Module, scheme: Scheme | str, seed: int = 0,
-             keep_dense: Iterable[str] | None = None) -> nn.Module:
+def layer_inputs(model: nn.Module, layers, example_inputs) -> dict[str, tuple[int, ...]]:
+    """The input shape each layer sees when ``model`` runs ``example_inputs`` (one no-grad forward)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(name):
+        def hook(module, args):  # returns None: the forward runs unchanged
+            shapes.setdefault(name, tuple(args[0].shape))
+        return hook
+
+    hooks = [layer.register_forward_pre_hook(record(name)) for name, layer in layers]
+    try:
+        with torch.no_grad():
+            model(example_inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return shapes
+
+
+def sparsify(model: nn.Module, scheme: Scheme | str, seed: int = 0, keep_dense: Iterable[str] | None = None,
+             example_inputs: torch.Tensor | None = None) -> nn.Module:
     """Replace the prunable layers of ``model`` in place with ``scheme``'s representation; returns the model.
 
     Every layer is checked before any is replaced, so a refused scheme leaves the model untouched.
+    ``example_inputs`` (a batch as training will see it) lets a representation that depends on the
+    layers' input shapes (``auto``) measure them.
     """
     scheme = parse_scheme(scheme) if isinstance(scheme, str) else scheme
     if scheme.pattern == "dense":
@@ -56,9 +78,11 @@ def sparsify(model: nn.Module, scheme: Scheme | str, seed: int = 0,
         shape2d = tuple(as_matrix(layer.weight).shape)
         PATTERNS[scheme.pattern].check_shape(scheme, shape2d, name)
         rep.check_layer(scheme, shape2d, name)
+    shapes = layer_inputs(model, layers, example_inputs) if example_inputs is not None else {}
     for name, layer in layers:
         mask = make_mask(layer.weight, scheme, seed=layer_seed(seed, name), layer=name)
-        weight = rep(layer.weight.detach(), mask, scheme)
+        chosen = rep.resolve(scheme, name, layer, mask, shapes.get(name))  # itself, but for `auto`
+        weight = chosen(layer.weight.detach(), mask, scheme)
         if isinstance(layer, nn.Linear):
             new = SparseLinear(weight, layer.bias)
         else:

@@ -19,6 +19,7 @@ from .measure import (
     environment,
     interleaved_step_times,
     peak_memory,
+    representations_of,
     saved_size,
     sparsity_report,
     sync,
@@ -76,12 +77,23 @@ def transformer_size(budget: Budget, task: Task) -> TransformerSize:
 def make_model(arch: str, scheme: Scheme, budget: Budget, seed: int, device: torch.device, task: Task) -> nn.Module:
     """A fresh model: same seed -> same initial weights and same masks."""
     torch.manual_seed(seed)
-    model = build_model(arch, transformer_size(budget, task))
-    return sparsify(model, scheme, seed=seed).to(device)
+    model = build_model(arch, transformer_size(budget, task)).to(device)
+    example = task.inputs(task.x_train[:budget.training(arch).batch_size])  # lets `auto` time the real shapes
+    return sparsify(model, scheme, seed=seed, example_inputs=example)
 
 
 def make_optimizer(model: nn.Module, training: Training) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=training.lr, weight_decay=training.weight_decay)
+
+
+def make_schedule(optimizer, training: Training, steps: int | None):
+    """The learning-rate schedule, or None. A wall-clock run does not know its step count, so it
+    trains at the constant peak rate (recorded in its budget settings)."""
+    if training.schedule == "constant" or steps is None:
+        return None
+    if training.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=training.lr, total_steps=steps, pct_start=0.25)
+    raise ValueError(f"unknown schedule {training.schedule!r}; use 'constant' or 'onecycle'")
 
 
 class Batches:
@@ -160,6 +172,7 @@ class CellRun:
     def fresh(self) -> None:
         self.model = self.new_model()
         self.optimizer = make_optimizer(self.model, self.training)
+        self.schedule = make_schedule(self.optimizer, self.training, None if self.budget.seconds else self.steps)
         self.batches = Batches(len(self.task.y_train), self.training.batch_size, self.seed)
 
     def train(self) -> None:
@@ -173,6 +186,8 @@ class CellRun:
         start = time.perf_counter()
         while (time.perf_counter() - start < budget.seconds) if budget.seconds else len(losses) < self.steps:
             losses.append(train_step(model, optimizer, task, self.batches.next()))
+            if self.schedule is not None:
+                self.schedule.step()
             if len(losses) % 10 == 0:
                 bar.set_postfix(loss=f"{float(losses[-1]):.3f}", refresh=False)
             bar.update()
@@ -199,6 +214,7 @@ class CellRun:
         accuracy, inference_time = evaluate(model, task, training.eval_batch_size)
         ledger = memory_ledger(model, optimizer)
         sparsity = sparsity_report(model)
+        representations = representations_of(model)
         model_size = saved_size(model)
         sizes = model_sizes(arch, model, transformer_size(budget, task))
         dense_model_size = saved_size(self.new_model(parse_scheme("dense")))
@@ -235,6 +251,7 @@ class CellRun:
             "dense_model_size_bytes": dense_model_size,
             "sparsity": sparsity,
             "realised_sparsity": sparsity["total"]["realised"],
+            "representations": representations,
             "time_ratio_vs_dense": time_ratio(dense_times, scheme_times),
             "step_times_s": {"dense": dense_times, "scheme": scheme_times,
                              "dense_median": statistics.median(dense_times),

@@ -59,3 +59,14 @@ def isolated_cache(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("SPARSEBENCH_CACHE_DIR", str(cache))
     return cache
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_auto_cache(tmp_path_factory):
+    """`auto` caches its per-layer choices; tests keep theirs out of the user's cache."""
+    from sparsebench.representations import auto
+
+    path = tmp_path_factory.mktemp("auto") / "auto-choices.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(auto, "_cache_path", lambda: path)
+        yield path

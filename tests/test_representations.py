@@ -20,12 +20,13 @@ PATTERNS_OF = {
     "bsr": ["block"],
     "bsr_cpp": ["block"],
     "semi": ["nm24"],
+    "auto": ["random", "magnitude", "block", "nm"],
 }
 SPARSE_REPS = [r for r in REPRESENTATIONS if r in PATTERNS_OF]
 
 
 def test_every_representation_is_tested():
-    assert set(PATTERNS_OF) >= set(REPRESENTATIONS) - {"auto"}
+    assert set(PATTERNS_OF) >= set(REPRESENTATIONS)
 
 
 @st.composite
@@ -47,11 +48,11 @@ def scheme_for(draw, rep, rows, cols):
     return f"{pattern}:{s}@{rep}"
 
 
-def sparse_layer(layer: nn.Module, scheme: str, seed: int):
+def sparse_layer(layer: nn.Module, scheme: str, seed: int, x: torch.Tensor):
     """Wrap one layer so sparsify prunes it (keep_dense=[] -> every layer is pruned)."""
     model = nn.Sequential(copy.deepcopy(layer))
     try:
-        sparsify(model, scheme, seed=seed, keep_dense=[])
+        sparsify(model, scheme, seed=seed, keep_dense=[], example_inputs=x)
     except RepresentationUnavailable as why:
         pytest.skip(str(why))
     return model[0]
@@ -93,8 +94,8 @@ def test_linear_matches_masked_reference(rep, data, out_dim, in_dim, n, seed):
     torch.manual_seed(seed)
     layer = nn.Linear(in_dim, out_dim)
     scheme = data.draw(scheme_for(rep, out_dim, in_dim))
-    sparse = sparse_layer(layer, scheme, seed)
-    check_against_reference(layer, sparse, torch.randn(n, in_dim), F.linear)
+    x = torch.randn(n, in_dim)
+    check_against_reference(layer, sparse_layer(layer, scheme, seed, x), x, F.linear)
 
 
 @pytest.mark.parametrize("rep", SPARSE_REPS)
@@ -107,12 +108,12 @@ def test_conv2d_matches_masked_reference(rep, data, cout, cin, k, hw, stride, pa
     torch.manual_seed(seed)
     layer = nn.Conv2d(cin, cout, k, stride=stride, padding=padding)
     scheme = data.draw(scheme_for(rep, cout, cin * k * k))
-    sparse = sparse_layer(layer, scheme, seed)
+    x = torch.randn(2, cin, hw, hw)
 
     def conv(x, w, b):
         return F.conv2d(x, w, b, stride=stride, padding=padding)
 
-    check_against_reference(layer, sparse, torch.randn(2, cin, hw, hw), conv)
+    check_against_reference(layer, sparse_layer(layer, scheme, seed, x), x, conv)
 
 
 OPTIMIZERS = {
@@ -131,7 +132,7 @@ def test_pruned_weights_stay_zero_through_optimizer_steps(rep, opt, data, seed, 
     model = nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim))
     scheme = data.draw(scheme_for(rep, out_dim, in_dim))
     try:
-        sparsify(model, scheme, seed=seed, keep_dense=["2"])
+        sparsify(model, scheme, seed=seed, keep_dense=["2"], example_inputs=torch.randn(8, in_dim))
     except RepresentationUnavailable as why:
         pytest.skip(str(why))
     sw = model[0].sparse_weight
@@ -145,16 +146,35 @@ def test_pruned_weights_stay_zero_through_optimizer_steps(rep, opt, data, seed, 
     assert torch.equal(sw.mask(), mask0)
     assert int(sw.mask().sum()) == kept0
     assert bool((w[~mask0] == 0).all()), "a pruned weight moved off zero"
-    if rep in ("csr", "bsr"):  # optimizer state is sized by the kept count, not the dense count
+    if sw.name in ("csr", "bsr", "bsr_cpp"):  # optimizer state is sized by the kept count, not the dense count
         for state in optimizer.state[sw.stored].values():
             if torch.is_tensor(state) and state.dim():
                 assert state.numel() == kept0
 
 
-@pytest.mark.parametrize("rep", ["csr", "bsr"])
+@pytest.mark.parametrize("rep", ["csr", "bsr", "bsr_cpp"])
 def test_no_dense_weight_is_stored(rep):
     layer = nn.Linear(64, 32)
-    sparse = sparse_layer(layer, f"block:4x4:0.75@{rep}", 0)
+    sparse = sparse_layer(layer, f"block:4x4:0.75@{rep}", 0, torch.randn(4, 64))
     tensors = list(sparse.parameters()) + list(sparse.buffers())
     assert all(t.numel() < 64 * 32 for t in tensors), [t.shape for t in tensors]
     assert sparse.sparse_weight.stored.numel() == int(make_mask(layer.weight, parse_scheme("block:4x4:0.75")).sum())
+
+
+def test_auto_chooses_a_measured_representation_and_caches_it(isolated_auto_cache):
+    import json
+
+    layer = nn.Linear(256, 128)
+    x = torch.randn(64, 256)
+    sparse = sparse_layer(layer, "block:16x16:0.9@auto", 0, x)
+    chosen = sparse.sparse_weight.name
+    cache = json.loads(isolated_auto_cache.read_text())
+    (decision,) = [v for k, v in cache.items() if "Linear|128x256|64x256|block:16x16:0.9@auto" in k]
+    assert decision["chosen"] == chosen == min(decision["times_ms"], key=decision["times_ms"].get)
+    assert {"masked", "csr", "bsr"} <= set(decision["times_ms"])  # every valid representation was timed
+    assert sparse_layer(layer, "block:16x16:0.9@auto", 0, x).sparse_weight.name == chosen  # from the cache
+
+
+def test_auto_needs_an_example_batch():
+    with pytest.raises(ValueError, match="example_inputs"):
+        sparsify(nn.Sequential(nn.Linear(8, 8)), "random:0.5@auto", keep_dense=[])

@@ -13,6 +13,7 @@ warnings.filterwarnings("ignore", message="Sparse (CSR|BSR|CSC|BSC) tensor suppo
 # invariant checks are off by default; saying so explicitly silences torch's warning about it
 torch.sparse.check_sparse_tensor_invariants.disable()
 
+from .auto import AutoWeight  # noqa: E402
 from .base import RepresentationUnavailable, SparseConv2d, SparseLinear, SparseWeight  # noqa: E402
 from .bsr import BsrWeight  # noqa: E402
 from .bsr_cpp import BsrCppWeight  # noqa: E402
@@ -26,6 +27,7 @@ REPRESENTATIONS: dict[str, type[SparseWeight]] = {
     "bsr": BsrWeight,
     "bsr_cpp": BsrCppWeight,
     "semi": SemiWeight,
+    "auto": AutoWeight,  # chooses one of the above per layer, by measurement
 }
 
 __all__ = ["REPRESENTATIONS", "RepresentationUnavailable", "SparseConv2d", "SparseLinear", "SparseWeight"]

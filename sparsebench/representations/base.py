@@ -66,6 +66,12 @@ class SparseWeight(nn.Module):
     def check_layer(cls, scheme: Scheme, shape2d: tuple[int, int], layer: str) -> None:
         """Refuse a layer this representation cannot serve (shape, device). Default: any."""
 
+    @classmethod
+    def resolve(cls, scheme: Scheme, layer_name: str, layer: nn.Module, mask: torch.Tensor,
+                input_shape: tuple[int, ...] | None) -> type[SparseWeight]:
+        """The class that will store this layer: the representation itself (``auto`` chooses one)."""
+        return cls
+
     # -- computing -----------------------------------------------------------------------
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ W^T`` for ``x`` of shape (n, in)."""
