@@ -44,4 +44,4 @@ def bench(session):
 def layers(session):
     """The layer benchmark: one training step per representation at real layer shapes, vs dense."""
     install(session)
-    session.run("pytest", "benchmarks/test_layer_bench.py", "-q", *session.posargs)
+    session.run("pytest", "benchmarks/bench_layers.py", "-q", *session.posargs)

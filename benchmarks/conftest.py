@@ -46,9 +46,10 @@ def _results_dir(config) -> Path:
 
 def pytest_sessionstart(session):
     # the controller (not an xdist worker) starts each grid run from an empty results directory,
-    # so the report never mixes this run's cells with an earlier run's
+    # so the report never mixes this run's cells with an earlier run's; a layer-benchmark run
+    # (bench_layers.py, which only runs when named) leaves grid results alone
     config = session.config
-    if os.environ.get("PYTEST_XDIST_WORKER") is None and any("test_grid" in str(a) for a in config.args):
+    if os.environ.get("PYTEST_XDIST_WORKER") is None and not any("bench_layers" in str(a) for a in config.args):
         shutil.rmtree(_results_dir(config), ignore_errors=True)
 
 

@@ -25,16 +25,21 @@ class LayerStep:
         tokens, d_in, d_out = SHAPES[shape]
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
-        self.model = sparsify(nn.Sequential(nn.Linear(d_in, d_out)), scheme, seed=seed, keep_dense=[])
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.x = torch.randn(tokens, d_in, generator=gen).requires_grad_()  # as inside a network: dx is needed
         self.grad_out = torch.randn(tokens, d_out, generator=gen)
+        self.model = sparsify(nn.Sequential(nn.Linear(d_in, d_out)), scheme, seed=seed, keep_dense=[],
+                              example_inputs=self.x.detach())
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
 
     def step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.x.grad = None
         self.model(self.x).backward(self.grad_out)
         self.optimizer.step()
+
+    def representation(self) -> str:
+        layer = self.model[0]
+        return layer.sparse_weight.name if hasattr(layer, "sparse_weight") else "dense"
 
     def ledger(self) -> dict[str, int]:
         return memory_ledger(self.model, self.optimizer)

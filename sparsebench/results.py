@@ -44,6 +44,12 @@ def result_path(out_dir: str | os.PathLike, arch: str, slug: str) -> Path:
     return Path(out_dir) / arch / f"{slug}.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_json_temp(path: str | os.PathLike, obj) -> Path:
     """Write ``obj`` as JSON to a fsynced temp file beside ``path`` and return the temp file's path.
 
@@ -56,6 +62,7 @@ def write_json_temp(path: str | os.PathLike, obj) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
             f.write(text)
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible

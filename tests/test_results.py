@@ -141,3 +141,15 @@ def test_load_results_missing_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
         load_results(tmp_path / "nope")
     assert load_results(tmp_path) == []
+
+
+def test_atomic_write_gives_an_ordinary_file_mode(tmp_path):
+    import os
+
+    from sparsebench.results import write_json_atomic
+
+    path = tmp_path / "r.json"
+    write_json_atomic(path, {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
