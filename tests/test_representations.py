@@ -164,13 +164,18 @@ def test_no_dense_weight_is_stored(rep):
 def test_auto_chooses_a_measured_representation_and_caches_it(isolated_auto_cache):
     import json
 
+    from sparsebench.representations import auto
+
     layer = nn.Linear(256, 128)
     x = torch.randn(64, 256)
     sparse = sparse_layer(layer, "block:16x16:0.9@auto", 0, x)
     chosen = sparse.sparse_weight.name
     cache = json.loads(isolated_auto_cache.read_text())
     (decision,) = [v for k, v in cache.items() if "Linear|128x256|64x256|block:16x16:0.9@auto" in k]
-    assert decision["chosen"] == chosen == min(decision["times_ms"], key=decision["times_ms"].get)
+    times = decision["times_ms"]
+    fastest = min(times, key=times.get)
+    expected = fastest if times[fastest] <= auto.MARGIN * times["masked"] else "masked"
+    assert decision["chosen"] == chosen == expected
     assert {"masked", "csr", "bsr"} <= set(decision["times_ms"])  # every valid representation was timed
     assert sparse_layer(layer, "block:16x16:0.9@auto", 0, x).sparse_weight.name == chosen  # from the cache
 
