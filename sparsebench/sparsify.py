@@ -78,7 +78,9 @@ def sparsify(model: nn.Module, scheme: Scheme | str, seed: int = 0, keep_dense: 
         shape2d = tuple(as_matrix(layer.weight).shape)
         PATTERNS[scheme.pattern].check_shape(scheme, shape2d, name)
         rep.check_layer(scheme, shape2d, name)
-    shapes = layer_inputs(model, layers, example_inputs) if example_inputs is not None else {}
+    # a forward pass only for a representation that uses the shapes, not on every model built
+    wants_shapes = rep.needs_input_shapes and example_inputs is not None
+    shapes = layer_inputs(model, layers, example_inputs) if wants_shapes else {}
     for name, layer in layers:
         mask = make_mask(layer.weight, scheme, seed=layer_seed(seed, name), layer=name)
         chosen = rep.resolve(scheme, name, layer, mask, shapes.get(name))  # itself, but for `auto`

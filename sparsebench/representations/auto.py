@@ -73,6 +73,7 @@ def _load_cache(path) -> dict:
 
 class AutoWeight(SparseWeight):
     name = "auto"
+    needs_input_shapes = True
 
     @classmethod
     def candidates(cls, scheme, shape2d, layer_name) -> list[type[SparseWeight]]:

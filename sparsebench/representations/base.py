@@ -43,6 +43,7 @@ def im2col_rows(x: torch.Tensor, kernel, stride, padding, dilation):
 class SparseWeight(nn.Module):
     name: ClassVar[str]
     patterns: ClassVar[frozenset[str] | None] = None  # patterns it accepts; None = all but dense
+    needs_input_shapes: ClassVar[bool] = False  # resolve() wants each layer's input shape (auto)
 
     def __init__(self, weight: torch.Tensor, mask: torch.Tensor, scheme: Scheme):
         super().__init__()
