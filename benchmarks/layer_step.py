@@ -29,7 +29,7 @@ class LayerStep:
         self.grad_out = torch.randn(tokens, d_out, generator=gen)
         self.model = sparsify(nn.Sequential(nn.Linear(d_in, d_out)), scheme, seed=seed, keep_dense=[],
                               example_inputs=self.x.detach())
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3, fused=True)
 
     def step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

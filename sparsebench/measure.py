@@ -106,6 +106,12 @@ def representations_of(model: nn.Module) -> dict[str, str]:
             if isinstance(m, (SparseLinear, SparseConv2d))}
 
 
+def kernels_of(model: nn.Module) -> dict[str, str]:
+    """Which kernel computed each pruned layer, for representations that have more than one (csr)."""
+    return {name: m.sparse_weight.kernel for name, m in model.named_modules()
+            if isinstance(m, (SparseLinear, SparseConv2d)) and hasattr(m.sparse_weight, "kernel")}
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -18,6 +18,7 @@ from .ledger import memory_ledger
 from .measure import (
     environment,
     interleaved_step_times,
+    kernels_of,
     peak_memory,
     representations_of,
     saved_size,
@@ -83,7 +84,9 @@ def make_model(arch: str, scheme: Scheme, budget: Budget, seed: int, device: tor
 
 
 def make_optimizer(model: nn.Module, training: Training) -> torch.optim.Optimizer:
-    return torch.optim.Adam(model.parameters(), lr=training.lr, weight_decay=training.weight_decay)
+    # fused: one pass over each parameter instead of a dozen elementwise kernels; on this CPU the
+    # unfused Adam step of the CNN's 4096 x 512 layer took 7.5 ms, fused 0.8 ms
+    return torch.optim.Adam(model.parameters(), lr=training.lr, weight_decay=training.weight_decay, fused=True)
 
 
 def make_schedule(optimizer, training: Training, steps: int | None):
@@ -215,6 +218,7 @@ class CellRun:
         ledger = memory_ledger(model, optimizer)
         sparsity = sparsity_report(model)
         representations = representations_of(model)
+        layer_kernels = kernels_of(model)
         model_size = saved_size(model)
         sizes = model_sizes(arch, model, transformer_size(budget, task))
         dense_model_size = saved_size(self.new_model(parse_scheme("dense")))
@@ -252,6 +256,7 @@ class CellRun:
             "sparsity": sparsity,
             "realised_sparsity": sparsity["total"]["realised"],
             "representations": representations,
+            "kernels": layer_kernels,
             "time_ratio_vs_dense": time_ratio(dense_times, scheme_times),
             "step_times_s": {"dense": dense_times, "scheme": scheme_times,
                              "dense_median": statistics.median(dense_times),

@@ -79,8 +79,8 @@ def test_representation_made_slower_fails_time_ratio(data_and_baselines, cache, 
             return out
         return staticmethod(run)
 
-    monkeypatch.setattr(csr._CsrMatmul, "forward", slower(csr._CsrMatmul.forward))
-    monkeypatch.setattr(csr._CsrMatmul, "backward", slower(csr._CsrMatmul.backward))
+    monkeypatch.setattr(csr._CsrKernelMatmul, "forward", slower(csr._CsrKernelMatmul.forward))
+    monkeypatch.setattr(csr._CsrKernelMatmul, "backward", slower(csr._CsrKernelMatmul.backward))
     failed, doc, baseline = gate(data_and_baselines, "random:0.5@csr")
     assert "time_ratio_vs_dense" in failed
     assert not failed & {"accuracy", "model_size_bytes", "realised_sparsity"}

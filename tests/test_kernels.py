@@ -141,3 +141,40 @@ def test_rejects_bad_inputs():
         kernels.bsr_linear_weight_grad(torch.randn(8, 16), torch.randn(7, 16), crow, col, (4, 4))
     with pytest.raises(ValueError, match="block"):
         kernels.bsr_linear_weight_grad(torch.randn(8, 16), x, crow, col, 4)
+
+
+# ------------------------------------------------------------------ CSR kernels
+@settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.integers(1, 70), cols=st.integers(1, 90), n=st.integers(1, 150),
+       sparsity=st.sampled_from([0.0, 0.5, 0.9, 0.99, 1.0]), seed=st.integers(0, 10_000))
+def test_csr_products_match_dense(rows, cols, n, sparsity, seed):
+    """Token counts around the 64-wide panel (partial panels), empty rows, an all-pruned matrix."""
+    from sparsebench.representations.csr import csr_structure
+
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.rand(rows, cols, generator=g) >= sparsity
+    W = torch.randn(rows, cols, generator=g) * keep
+    crow, col, t_crow, t_col, perm = csr_structure(keep)
+    vals = W[keep].contiguous()
+    x_t, dy_t = torch.randn(cols, n, generator=g), torch.randn(rows, n, generator=g)
+    torch.testing.assert_close(kernels.csr_spmm(crow, col, vals, x_t, cols), W @ x_t, **tol(cols))
+    torch.testing.assert_close(kernels.csr_spmm(t_crow, t_col, vals[perm], dy_t, rows), W.t() @ dy_t, **tol(rows))
+    torch.testing.assert_close(kernels.csr_sddmm(crow, col, dy_t, x_t), (dy_t @ x_t.t())[keep], **tol(n))
+
+
+def test_csr_rejects_bad_inputs():
+    from sparsebench.representations.csr import csr_structure
+
+    keep = torch.rand(8, 16) > 0.5
+    crow, col, *_ = csr_structure(keep)
+    vals = torch.randn(int(keep.sum()))
+    with pytest.raises(ValueError, match="float32"):
+        kernels.csr_spmm(crow, col, vals, torch.randn(16, 4).double(), 16)
+    with pytest.raises(ValueError, match="int32"):
+        kernels.csr_spmm(crow.long(), col, vals, torch.randn(16, 4), 16)
+    with pytest.raises(ValueError, match="16 rows"):
+        kernels.csr_spmm(crow, col, vals, torch.randn(12, 4), 16)
+    with pytest.raises(ValueError, match="does not match"):
+        kernels.csr_spmm(crow, col, vals[:-1], torch.randn(16, 4), 16)
+    with pytest.raises(ValueError, match="columns"):
+        kernels.csr_sddmm(crow, col, torch.randn(8, 4), torch.randn(16, 5))

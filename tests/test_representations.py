@@ -2,6 +2,7 @@
 weight gradient at kept positions, for Linear and Conv2d; optimizer invariants after several steps."""
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 
 from sparsebench import REPRESENTATIONS, RepresentationUnavailable, make_mask, parse_scheme, sparsify
 from sparsebench.representations import SparseWeight
+from sparsebench.representations import csr as csr_module
 
 # which patterns each representation stores (a new representation adds its line here)
 PATTERNS_OF = {
@@ -119,6 +121,7 @@ def test_conv2d_matches_masked_reference(rep, data, cout, cin, k, hw, stride, pa
 OPTIMIZERS = {
     "adam_l2": lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-2),
     "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+    "adam_fused": lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-2, fused=True),  # what training uses
     "sgd_momentum": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, weight_decay=1e-2, nesterov=True),
 }
 
@@ -183,3 +186,44 @@ def test_auto_chooses_a_measured_representation_and_caches_it(isolated_auto_cach
 def test_auto_needs_an_example_batch():
     with pytest.raises(ValueError, match="example_inputs"):
         sparsify(nn.Sequential(nn.Linear(8, 8)), "random:0.5@auto", keep_dense=[])
+
+
+@given(out_dim=st.sampled_from([4, 8, 16]), in_dim=st.sampled_from([4, 8, 24]), n=st.integers(1, 17),
+       sparsity=st.sampled_from([0.0, 0.5, 0.9]), conv=st.booleans(), seed=st.integers(0, 10_000))
+def test_csr_torch_kernels_match_masked_reference(out_dim, in_dim, n, sparsity, conv, seed):
+    """csr falls back to torch's sparse kernels where sparsebench's C++ ones cannot run: same storage,
+    same results."""
+    torch.manual_seed(seed)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(csr_module.kernels, "available", lambda: False)
+        if conv:
+            layer, x = nn.Conv2d(in_dim, out_dim, 3, padding=1), torch.randn(2, in_dim, 5, 5)
+            functional = functools.partial(F.conv2d, padding=1)
+        else:
+            layer, x, functional = nn.Linear(in_dim, out_dim), torch.randn(n, in_dim), F.linear
+        sparse = sparse_layer(layer, f"random:{sparsity}@csr", seed, x)
+        assert sparse.sparse_weight.kernel == "torch.sparse"
+        check_against_reference(layer, sparse, x, functional)
+
+
+@pytest.mark.parametrize("rep", ["csr", "bsr", "bsr_cpp"])
+def test_saved_model_holds_the_structure_once_and_loads_back(rep):
+    """W^T's index structure is derived: not saved, rebuilt on load (here into a layer whose own
+    mask differs), so the loaded layer computes exactly what the saved one did."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 64)
+    scheme = f"block:4x4:0.75@{rep}"
+    saved = sparse_layer(nn.Linear(64, 32), scheme, 0, x)
+    state = saved.state_dict()
+    assert not [k for k in state if k.rsplit(".", 1)[-1] in ("t_crow", "t_col", "perm")]
+    loaded = sparse_layer(nn.Linear(64, 32), scheme, 1, x)
+    assert not torch.equal(loaded.sparse_weight.mask(), saved.sparse_weight.mask())
+    loaded.load_state_dict(state)
+    assert torch.equal(loaded.sparse_weight.mask(), saved.sparse_weight.mask())
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad_out = torch.randn(8, 32)
+    saved(x1).backward(grad_out)
+    y = loaded(x2)
+    y.backward(grad_out)
+    torch.testing.assert_close(y, saved(x))
+    torch.testing.assert_close(x2.grad, x1.grad)  # the input gradient runs through W^T's structure

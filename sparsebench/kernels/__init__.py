@@ -1,4 +1,4 @@
-"""Fast CPU block-sparse (BSR) training kernels, JIT-built C++ (OpenMP + vectorised).
+"""Fast CPU sparse training kernels (BSR blocks and CSR elements), JIT-built C++ (OpenMP + vectorised).
 
 A block-sparse linear layer's weight ``W`` (``out x in``) is stored as BSR with ``R x C``
 blocks, exactly as ``W.to_sparse_bsr((R, C))`` gives it:
@@ -42,11 +42,13 @@ __all__ = [
     "bsr_linear_input_grad",
     "bsr_linear_weight_grad",
     "transpose_structure",
+    "csr_spmm",
+    "csr_sddmm",
     "FAST_BLOCK_SIZES",
 ]
 
 FAST_BLOCK_SIZES = (4, 8, 16, 32)
-_SOURCE = Path(__file__).with_name("bsr_cpu.cpp")
+_SOURCES = [Path(__file__).with_name("bsr_cpu.cpp"), Path(__file__).with_name("csr_cpu.cpp")]
 _EXT_BASE = "sparsebench_bsr_cpu"
 
 _lock = threading.Lock()
@@ -126,7 +128,7 @@ def _load():
             flags = ["-O3", "-march=native", "-fopenmp"]  # torch adds its own -std
             ext = load(
                 name=_ext_name(),
-                sources=[str(_SOURCE)],
+                sources=[str(p) for p in _SOURCES],
                 extra_cflags=flags,
                 extra_ldflags=["-fopenmp"],
                 build_directory=_build_dir(),
@@ -326,3 +328,38 @@ def bsr_linear_weight_grad(dy, x, row_ptr, col_idx, block) -> torch.Tensor:
     col_idx_t = _check_index("col_idx", col_idx)
     row_ptr, col_idx = _check_structure(row_ptr, col_idx_t, col_idx_t.shape[0], nbr, nbc)
     return _ext_or_raise().weight_grad(dy, x, row_ptr, col_idx, R, C)
+
+
+# ------------------------------------------------------------------ CSR (element-wise sparsity)
+def _check_csr(row_ptr, col, nnz: int, rows: int, cols: int):
+    """Cheap checks only (dtypes, lengths, ends): these run every step. The index values come from
+    ``csr_structure`` in the csr representation, which builds them from a mask."""
+    for name, t in (("row_ptr", row_ptr), ("col", col)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.dim() != 1 or t.device.type != "cpu":
+            raise ValueError(f"{name} must be a 1-D int32 CPU tensor")
+    if row_ptr.shape[0] != rows + 1 or col.shape[0] != nnz:
+        raise ValueError(f"CSR structure does not match: row_ptr has {row_ptr.shape[0]} entries for {rows} rows, "
+                         f"col has {col.shape[0]} for {nnz} values")
+    if cols <= 0 and nnz:
+        raise ValueError("CSR matrix has no columns but stores values")
+    return row_ptr.contiguous(), col.contiguous()
+
+
+def csr_spmm(row_ptr, col, values, b: torch.Tensor, cols: int) -> torch.Tensor:
+    """``A @ b`` for ``A`` (rows x cols) in CSR (int32 ``row_ptr``, ``col``; float32 ``values``) and
+    dense ``b`` (cols, n). Feature-major: pass ``x^T`` to get ``W @ x^T = y^T``. Returns (rows, n)."""
+    b = _check_dense("b", b)
+    if b.shape[0] != cols:
+        raise ValueError(f"b must have {cols} rows (the sparse matrix's columns), got shape {tuple(b.shape)}")
+    values = _check_dense("values", values.reshape(1, -1)).view(-1)
+    row_ptr, col = _check_csr(row_ptr, col, values.shape[0], row_ptr.shape[0] - 1, cols)
+    return _ext_or_raise().csr_spmm(row_ptr, col, values, b)
+
+
+def csr_sddmm(row_ptr, col, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a @ b^T)`` at the CSR pattern's positions, in its order: ``a`` (rows, n), ``b`` (cols, n)
+    dense. With ``a = dy^T`` and ``b = x^T`` this is the weight gradient at the kept positions."""
+    a = _check_dense("a", a)
+    b = _check_dense("b", b, cols=a.shape[1])
+    row_ptr, col = _check_csr(row_ptr, col, col.shape[0], a.shape[0], b.shape[0])
+    return _ext_or_raise().csr_sddmm(row_ptr, col, a, b)

@@ -719,7 +719,13 @@ int64_t probe(int64_t a) { return a + at::get_num_threads() * 0; }
 
 }  // namespace
 
+// csr_cpu.cpp
+torch::Tensor csr_spmm(torch::Tensor row_ptr, torch::Tensor col, torch::Tensor vals, torch::Tensor B);
+torch::Tensor csr_sddmm(torch::Tensor row_ptr, torch::Tensor col, torch::Tensor A, torch::Tensor B);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("csr_spmm", &csr_spmm, "CSR x dense, feature-major (unchecked; use the Python wrapper)");
+  m.def("csr_sddmm", &csr_sddmm, "dense . dense^T at CSR positions (unchecked)");
   m.def("forward", &forward, "BSR forward y = x @ W^T (unchecked; use the Python wrapper)");
   m.def("input_grad", &input_grad, "BSR input grad dx = dy @ W (unchecked)");
   m.def("weight_grad", &weight_grad, "BSR weight grad at kept blocks (unchecked)");

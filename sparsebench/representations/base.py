@@ -40,6 +40,21 @@ def im2col_rows(x: torch.Tensor, kernel, stride, padding, dilation):
     return cols.reshape(n * h_out * w_out, c * kh * kw), (n, h_out, w_out)
 
 
+def im2col_features(x: torch.Tensor, kernel, stride, padding, dilation):
+    """The conv input feature-major: (c * kh * kw, n * h_out * w_out), the transpose of
+    ``im2col_rows``, built with one copy from the same strided views (for kernels that vectorise
+    over positions)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    n, c, h, w = x.shape
+    h_out = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    w_out = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    xp = F.pad(x, (pw, pw, ph, ph))
+    views = [xp[:, :, i * dh:i * dh + sh * (h_out - 1) + 1:sh, j * dw:j * dw + sw * (w_out - 1) + 1:sw]
+             for i in range(kh) for j in range(kw)]
+    cols = torch.stack(views, dim=2)  # (n, c, kh * kw, h_out, w_out)
+    return cols.permute(1, 2, 0, 3, 4).reshape(c * kh * kw, n * h_out * w_out), (n, h_out, w_out)
+
+
 class SparseWeight(nn.Module):
     name: ClassVar[str]
     patterns: ClassVar[frozenset[str] | None] = None  # patterns it accepts; None = all but dense
@@ -83,6 +98,15 @@ class SparseWeight(nn.Module):
         cols, (n, h_out, w_out) = im2col_rows(x, self.shape[2:], stride, padding, dilation)
         y = self.linear(cols)  # (n * h_out * w_out, out)
         return y.view(n, h_out, w_out, out_ch).permute(0, 3, 1, 2)
+
+    def linear_bias(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``x @ W^T + bias``. A representation whose kernel can fuse the bias overrides this."""
+        y = self.linear(x)
+        return y if bias is None else y + bias
+
+    def conv2d_bias(self, x: torch.Tensor, bias: torch.Tensor | None, stride, padding, dilation) -> torch.Tensor:
+        y = self.conv2d(x, stride, padding, dilation)
+        return y if bias is None else y + bias.view(1, -1, 1, 1)
 
     # -- inspecting ----------------------------------------------------------------------
     @property
@@ -129,9 +153,7 @@ class SparseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        y = self.sparse_weight.linear(x.reshape(-1, self.in_features))
-        if self.bias is not None:
-            y = y + self.bias
+        y = self.sparse_weight.linear_bias(x.reshape(-1, self.in_features), self.bias)
         return y.reshape(*lead, self.out_features)
 
 
@@ -145,7 +167,4 @@ class SparseConv2d(nn.Module):
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.sparse_weight.conv2d(x, self.stride, self.padding, self.dilation)
-        if self.bias is not None:
-            y = y + self.bias.view(1, -1, 1, 1)
-        return y
+        return self.sparse_weight.conv2d_bias(x, self.bias, self.stride, self.padding, self.dilation)

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..patterns import as_matrix
 from .base import SparseWeight
-from .csr import csr_structure
+from .csr import csr_structure, load_transposed, register_structure
 
 
 def block_mask_of(mask2d: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
@@ -98,10 +98,12 @@ class BsrWeight(SparseWeight):
         w2d, mask2d = as_matrix(weight).detach(), as_matrix(mask).bool()
         self.shape2d = tuple(w2d.shape)
         blocks = block_mask_of(mask2d.cpu(), self.block)
-        crow, col, t_crow, t_col, perm = csr_structure(blocks)
-        for name, t in dict(crow=crow, col=col, t_crow=t_crow, t_col=t_col, perm=perm).items():
-            self.register_buffer(name, t.to(weight.device))
+        register_structure(self, *(t.to(weight.device) for t in csr_structure(blocks)))
         self.values = nn.Parameter(to_blocks(w2d, blocks.to(w2d.device), self.block))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        load_transposed(self, self.shape2d[1] // self.block[1])
 
     def linear(self, x):
         return _BsrMatmul.apply(x, self.values, self)

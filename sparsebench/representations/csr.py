@@ -1,11 +1,19 @@
-"""``csr``: only the kept values are stored, in torch's sparse CSR layout, and they are the only
-parameter the optimizer sees (so Adam's state is sized by the kept count).
+"""``csr``: only the kept values are stored, in the CSR layout (int32 row pointers and column
+indices), and they are the only parameter the optimizer sees (so Adam's state is sized by the kept
+count). No dense copy of the weight exists at any point.
 
-Per step, with ``W`` (out, in) and ``x`` (n, in):
-  forward         y^T   = W @ x^T              sparse CSR x dense
-  input gradient  dx^T  = W^T @ dy^T           W^T is CSR too: indices transposed once, values gathered per step
-  weight gradient dW[k] = (dy^T @ x)[k]         at kept positions only (SDDMM, torch.sparse.sampled_addmm)
-No dense copy of the weight exists at any point.
+Two kernels compute with it, the same storage either way:
+- sparsebench's C++ kernels (``sparsebench.kernels``, csr_cpu.cpp) on the CPU in float32 whenever
+  they build: OpenMP over rows, vectorised over tokens, on feature-major activations (x^T).
+  Per step, with ``W`` (out, in) and ``x`` (n, in):
+    forward         y^T  = W @ x^T                 kernels.csr_spmm
+    input gradient  dx^T = W^T @ dy^T              kernels.csr_spmm on W^T's CSR (structure built once)
+    weight gradient (dy^T @ x)[k], kept k only     kernels.csr_sddmm
+  Convolutions build their im2col matrix feature-major directly, so only dy needs a transpose.
+- torch's sparse CSR kernels (torch.sparse.mm, torch.sparse.sampled_addmm) elsewhere: on CUDA, or
+  where the C++ kernels cannot build. On this 2-core CPU they run on one thread and were 10x slower
+  than dense at 50% sparsity, which is why the C++ path exists.
+``kernel`` on each layer says which one ran; the run's JSON records it.
 """
 
 from __future__ import annotations
@@ -13,25 +21,52 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import kernels
 from ..patterns import as_matrix
-from .base import SparseWeight
+from .base import SparseWeight, im2col_features
+
+
+def transposed_structure(crow: torch.Tensor, col: torch.Tensor, cols: int):
+    """W^T's CSR structure from W's: (t_crow, t_col, perm) such that ``values[perm]`` are W^T's
+    values, in ``crow``'s dtype."""
+    crow_l, c = crow.long().cpu(), col.long().cpu()
+    rows = crow_l.shape[0] - 1
+    r = torch.repeat_interleave(torch.arange(rows), torch.diff(crow_l))
+    perm = torch.argsort(c * rows + r)  # column-major order of the kept entries = CSR order of W^T
+    t_crow = torch.zeros(cols + 1, dtype=torch.int64)
+    t_crow[1:] = torch.cumsum(torch.bincount(c, minlength=cols), 0)
+    return tuple(t.to(crow.dtype).to(crow.device) for t in (t_crow, r[perm], perm))
 
 
 def csr_structure(mask2d: torch.Tensor):
-    """(crow, col) of the kept positions in row-major order, and the transposed structure:
-    (t_crow, t_col, perm) such that ``values[perm]`` are W^T's CSR values. int32 (torch's sparse
-    kernels accept it), which halves the index memory against int64."""
+    """(crow, col) of the kept positions in row-major order, and the transposed structure
+    (t_crow, t_col, perm). int32 (torch's sparse kernels and ours accept it), which halves the
+    index memory against int64."""
     rows, cols = mask2d.shape
     r, c = mask2d.nonzero(as_tuple=True)
     crow = torch.zeros(rows + 1, dtype=torch.int64)
     crow[1:] = torch.cumsum(torch.bincount(r, minlength=rows), 0)
-    perm = torch.argsort(c * rows + r)  # column-major order of the kept entries = CSR order of W^T
-    t_crow = torch.zeros(cols + 1, dtype=torch.int64)
-    t_crow[1:] = torch.cumsum(torch.bincount(c, minlength=cols), 0)
-    return tuple(t.to(torch.int32) for t in (crow, c, t_crow, r[perm], perm))
+    crow, c = crow.to(torch.int32), c.to(torch.int32)
+    return (crow, c, *transposed_structure(crow, c, cols))
 
 
-class _CsrMatmul(torch.autograd.Function):
+def register_structure(module: nn.Module, crow, col, t_crow, t_col, perm) -> None:
+    """W's structure is saved with the model; W^T's is derived from it (training memory, not saved;
+    ``load_transposed`` rebuilds it after a state dict is loaded)."""
+    module.register_buffer("crow", crow)
+    module.register_buffer("col", col)
+    for name, t in [("t_crow", t_crow), ("t_col", t_col), ("perm", perm)]:
+        module.register_buffer(name, t, persistent=False)
+
+
+def load_transposed(module: nn.Module, cols: int) -> None:
+    for name, t in zip(("t_crow", "t_col", "perm"), transposed_structure(module.crow, module.col, cols), strict=True):
+        getattr(module, name).copy_(t)
+
+
+class _CsrTorchMatmul(torch.autograd.Function):
+    """y = x @ W^T with torch's sparse CSR kernels; row-major x (n, in)."""
+
     @staticmethod
     def forward(ctx, x, values, layer):
         ctx.save_for_backward(x, values)
@@ -54,6 +89,29 @@ class _CsrMatmul(torch.autograd.Function):
         return dx, dvalues, None
 
 
+class _CsrKernelMatmul(torch.autograd.Function):
+    """y^T = W @ x^T with sparsebench's C++ kernels; feature-major x^T (in, n) -> y^T (out, n)."""
+
+    @staticmethod
+    def forward(ctx, x_t, values, layer):
+        x_t = x_t.contiguous()
+        ctx.save_for_backward(x_t, values)
+        ctx.layer = layer
+        return kernels.csr_spmm(layer.crow, layer.col, values, x_t, layer.shape2d[1])
+
+    @staticmethod
+    def backward(ctx, dy_t):
+        x_t, values = ctx.saved_tensors
+        layer = ctx.layer
+        dy_t = dy_t.contiguous()
+        dx_t = dvalues = None
+        if ctx.needs_input_grad[0]:
+            dx_t = kernels.csr_spmm(layer.t_crow, layer.t_col, values[layer.perm], dy_t, layer.shape2d[0])
+        if ctx.needs_input_grad[1]:
+            dvalues = kernels.csr_sddmm(layer.crow, layer.col, dy_t, x_t)
+        return dx_t, dvalues, None
+
+
 class CsrWeight(SparseWeight):
     name = "csr"
 
@@ -61,13 +119,32 @@ class CsrWeight(SparseWeight):
         super().__init__(weight, mask, scheme)
         mask2d = as_matrix(mask).bool().cpu()
         self.shape2d = tuple(mask2d.shape)
-        crow, col, t_crow, t_col, perm = csr_structure(mask2d)
-        for name, t in [("crow", crow), ("col", col), ("t_crow", t_crow), ("t_col", t_col), ("perm", perm)]:
-            self.register_buffer(name, t.to(weight.device))
+        register_structure(self, *(t.to(weight.device) for t in csr_structure(mask2d)))
         self.values = nn.Parameter(as_matrix(weight).detach()[mask2d.to(weight.device)].contiguous())
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        load_transposed(self, self.shape2d[1])
+
+    def _use_kernels(self, x: torch.Tensor) -> bool:
+        return x.device.type == "cpu" and x.dtype == torch.float32 and kernels.available()
+
+    @property
+    def kernel(self) -> str:
+        on_cpu = self.values.device.type == "cpu" and self.values.dtype == torch.float32
+        return "sparsebench-cpp" if on_cpu and kernels.available() else "torch.sparse"
+
     def linear(self, x):
-        return _CsrMatmul.apply(x, self.values, self)
+        if self._use_kernels(x):
+            return _CsrKernelMatmul.apply(x.t(), self.values, self).t()
+        return _CsrTorchMatmul.apply(x, self.values, self)
+
+    def conv2d(self, x, stride, padding, dilation):
+        if not self._use_kernels(x):
+            return super().conv2d(x, stride, padding, dilation)
+        cols_t, (n, h_out, w_out) = im2col_features(x, self.shape[2:], stride, padding, dilation)
+        y_t = _CsrKernelMatmul.apply(cols_t, self.values, self)  # (out, n * h_out * w_out)
+        return y_t.view(self.shape[0], n, h_out, w_out).permute(1, 0, 2, 3)
 
     @property
     def stored(self):
