@@ -160,6 +160,8 @@ def test_csr_products_match_dense(rows, cols, n, sparsity, seed):
     torch.testing.assert_close(kernels.csr_spmm(crow, col, vals, x_t, cols), W @ x_t, **tol(cols))
     torch.testing.assert_close(kernels.csr_spmm(t_crow, t_col, vals[perm], dy_t, rows), W.t() @ dy_t, **tol(rows))
     torch.testing.assert_close(kernels.csr_sddmm(crow, col, dy_t, x_t), (dy_t @ x_t.t())[keep], **tol(n))
+    bias = torch.randn(rows, generator=g)
+    torch.testing.assert_close(kernels.csr_spmm(crow, col, vals, x_t, cols, bias), W @ x_t + bias[:, None], **tol(cols))
 
 
 def test_csr_rejects_bad_inputs():

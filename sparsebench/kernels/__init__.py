@@ -345,15 +345,18 @@ def _check_csr(row_ptr, col, nnz: int, rows: int, cols: int):
     return row_ptr.contiguous(), col.contiguous()
 
 
-def csr_spmm(row_ptr, col, values, b: torch.Tensor, cols: int) -> torch.Tensor:
-    """``A @ b`` for ``A`` (rows x cols) in CSR (int32 ``row_ptr``, ``col``; float32 ``values``) and
-    dense ``b`` (cols, n). Feature-major: pass ``x^T`` to get ``W @ x^T = y^T``. Returns (rows, n)."""
+def csr_spmm(row_ptr, col, values, b: torch.Tensor, cols: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``A @ b (+ bias[:, None])`` for ``A`` (rows x cols) in CSR (int32 ``row_ptr``, ``col``; float32
+    ``values``) and dense ``b`` (cols, n). Feature-major: pass ``x^T`` to get ``W @ x^T + bias = y^T``.
+    Returns (rows, n)."""
     b = _check_dense("b", b)
     if b.shape[0] != cols:
         raise ValueError(f"b must have {cols} rows (the sparse matrix's columns), got shape {tuple(b.shape)}")
     values = _check_dense("values", values.reshape(1, -1)).view(-1)
     row_ptr, col = _check_csr(row_ptr, col, values.shape[0], row_ptr.shape[0] - 1, cols)
-    return _ext_or_raise().csr_spmm(row_ptr, col, values, b)
+    if bias is not None:
+        bias = _check_dense("bias", bias.reshape(1, -1), cols=row_ptr.shape[0] - 1).view(-1)
+    return _ext_or_raise().csr_spmm(row_ptr, col, values, b, bias)
 
 
 def csr_sddmm(row_ptr, col, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

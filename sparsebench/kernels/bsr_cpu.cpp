@@ -720,7 +720,8 @@ int64_t probe(int64_t a) { return a + at::get_num_threads() * 0; }
 }  // namespace
 
 // csr_cpu.cpp
-torch::Tensor csr_spmm(torch::Tensor row_ptr, torch::Tensor col, torch::Tensor vals, torch::Tensor B);
+torch::Tensor csr_spmm(torch::Tensor row_ptr, torch::Tensor col, torch::Tensor vals, torch::Tensor B,
+                       c10::optional<torch::Tensor> bias);
 torch::Tensor csr_sddmm(torch::Tensor row_ptr, torch::Tensor col, torch::Tensor A, torch::Tensor B);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

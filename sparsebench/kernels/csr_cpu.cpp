@@ -29,7 +29,7 @@ static inline v16 load16(const float* p) {
 // read in place, its rows lie n floats apart (a power of two, often), and they would all fall into
 // the same few cache sets.
 void spmm_rows(const int32_t* row_ptr, const int32_t* col, const float* vals, const float* B, int64_t K,
-               int64_t n, float* out, int64_t r0, int64_t r1) {
+               int64_t n, const float* bias, float* out, int64_t r0, int64_t r1) {
   std::vector<float> panel_buf(K * TN + 16);
   float* panel = panel_buf.data();
   for (int64_t j0 = 0; j0 < n; j0 += TN) {
@@ -41,7 +41,8 @@ void spmm_rows(const int32_t* row_ptr, const int32_t* col, const float* vals, co
       for (int64_t j = w; j < TN; ++j) dst[j] = 0.f;
     }
     for (int64_t i = r0; i < r1; ++i) {
-      v16 a0{}, a1{}, a2{}, a3{};
+      const float b = bias ? bias[i] : 0.f;  // the bias starts the sum: no separate pass over the output
+      v16 a0 = b - v16{}, a1 = a0, a2 = a0, a3 = a0;
       const int32_t k1 = row_ptr[i + 1];
       for (int32_t k = row_ptr[i]; k < k1; ++k) {
         const float v = vals[k];
@@ -71,8 +72,9 @@ void spmm_rows(const int32_t* row_ptr, const int32_t* col, const float* vals, co
 
 }  // namespace
 
-// out (M, n) = A @ B, A (M, K) in CSR (row_ptr, col, vals), B (K, n) row-major contiguous.
-torch::Tensor csr_spmm(torch::Tensor row_ptr, torch::Tensor col, torch::Tensor vals, torch::Tensor B) {
+// out (M, n) = A @ B (+ bias[:, None]), A (M, K) in CSR (row_ptr, col, vals), B (K, n) row-major contiguous.
+torch::Tensor csr_spmm(torch::Tensor row_ptr, torch::Tensor col, torch::Tensor vals, torch::Tensor B,
+                       c10::optional<torch::Tensor> bias) {
   const int64_t M = row_ptr.size(0) - 1, n = B.size(1);
   auto out = torch::empty({M, n}, B.options());
   const int32_t* rp = row_ptr.data_ptr<int32_t>();
@@ -80,7 +82,8 @@ torch::Tensor csr_spmm(torch::Tensor row_ptr, torch::Tensor col, torch::Tensor v
   const float* vp = vals.data_ptr<float>();
   const float* bp = B.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, M, 1, [&](int64_t r0, int64_t r1) { spmm_rows(rp, ci, vp, bp, B.size(0), n, op, r0, r1); });
+  const float* biasp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  at::parallel_for(0, M, 1, [&](int64_t r0, int64_t r1) { spmm_rows(rp, ci, vp, bp, B.size(0), n, biasp, op, r0, r1); });
   return out;
 }
 

@@ -90,26 +90,29 @@ class _CsrTorchMatmul(torch.autograd.Function):
 
 
 class _CsrKernelMatmul(torch.autograd.Function):
-    """y^T = W @ x^T with sparsebench's C++ kernels; feature-major x^T (in, n) -> y^T (out, n)."""
+    """y^T = W @ x^T + bias with sparsebench's C++ kernels; feature-major x^T (in, n) -> y^T (out, n).
+    The bias is added inside the kernel: on the transposed output a separate add is a strided pass."""
 
     @staticmethod
-    def forward(ctx, x_t, values, layer):
+    def forward(ctx, x_t, values, bias, layer):
         x_t = x_t.contiguous()
         ctx.save_for_backward(x_t, values)
         ctx.layer = layer
-        return kernels.csr_spmm(layer.crow, layer.col, values, x_t, layer.shape2d[1])
+        return kernels.csr_spmm(layer.crow, layer.col, values, x_t, layer.shape2d[1], bias)
 
     @staticmethod
     def backward(ctx, dy_t):
         x_t, values = ctx.saved_tensors
         layer = ctx.layer
         dy_t = dy_t.contiguous()
-        dx_t = dvalues = None
+        dx_t = dvalues = dbias = None
         if ctx.needs_input_grad[0]:
             dx_t = kernels.csr_spmm(layer.t_crow, layer.t_col, values[layer.perm], dy_t, layer.shape2d[0])
         if ctx.needs_input_grad[1]:
             dvalues = kernels.csr_sddmm(layer.crow, layer.col, dy_t, x_t)
-        return dx_t, dvalues, None
+        if ctx.needs_input_grad[2]:
+            dbias = dy_t.sum(1)
+        return dx_t, dvalues, dbias, None
 
 
 class CsrWeight(SparseWeight):
@@ -136,14 +139,24 @@ class CsrWeight(SparseWeight):
 
     def linear(self, x):
         if self._use_kernels(x):
-            return _CsrKernelMatmul.apply(x.t(), self.values, self).t()
+            return _CsrKernelMatmul.apply(x.t(), self.values, None, self).t()
         return _CsrTorchMatmul.apply(x, self.values, self)
+
+    def linear_bias(self, x, bias):
+        if bias is not None and self._use_kernels(x):
+            return _CsrKernelMatmul.apply(x.t(), self.values, bias, self).t()
+        return super().linear_bias(x, bias)
 
     def conv2d(self, x, stride, padding, dilation):
         if not self._use_kernels(x):
-            return super().conv2d(x, stride, padding, dilation)
+            return super().conv2d(x, stride, padding, dilation)  # im2col rows through self.linear
+        return self.conv2d_bias(x, None, stride, padding, dilation)
+
+    def conv2d_bias(self, x, bias, stride, padding, dilation):
+        if not self._use_kernels(x):
+            return super().conv2d_bias(x, bias, stride, padding, dilation)
         cols_t, (n, h_out, w_out) = im2col_features(x, self.shape[2:], stride, padding, dilation)
-        y_t = _CsrKernelMatmul.apply(cols_t, self.values, self)  # (out, n * h_out * w_out)
+        y_t = _CsrKernelMatmul.apply(cols_t, self.values, bias, self)  # (out, n * h_out * w_out)
         return y_t.view(self.shape[0], n, h_out, w_out).permute(1, 0, 2, 3)
 
     @property

