@@ -124,6 +124,7 @@ class CsrWeight(SparseWeight):
         self.shape2d = tuple(mask2d.shape)
         register_structure(self, *(t.to(weight.device) for t in csr_structure(mask2d)))
         self.values = nn.Parameter(as_matrix(weight).detach()[mask2d.to(weight.device)].contiguous())
+        kernels.available()  # build (or load) the C++ kernels now, not inside the first timed step
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
