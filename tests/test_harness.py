@@ -39,6 +39,11 @@ def test_smoke_cell_end_to_end(arch, rep, tiny_data_dir, isolated_cache):
     assert pruned and all(abs(v["realised"] - 0.5) < 0.01 for v in pruned)
     if rep in ("csr", "bsr"):  # stored sparsely: less than dense in memory and on disk
         assert doc["ledger"]["total"] < doc["ledger"]["dense_total"]
+    if rep == "csr":  # every csr layer says which kernels computed it
+        from sparsebench import kernels
+
+        expected = "sparsebench-cpp" if kernels.available() else "torch.sparse"
+        assert doc["kernels"] == {layer: expected for layer in doc["representations"]}
     assert doc["env"]["threads"] >= 1 and doc["env"]["torch"]
 
 
