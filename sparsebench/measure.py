@@ -100,16 +100,18 @@ def sparsity_report(model: nn.Module) -> dict:
     return {"total": total, "layers": layers}
 
 
+def _sparse_weights(model: nn.Module):
+    return ((name, m.sparse_weight) for name, m in model.named_modules() if isinstance(m, (SparseLinear, SparseConv2d)))
+
+
 def representations_of(model: nn.Module) -> dict[str, str]:
     """Which representation stores each pruned layer (``auto`` resolves to one per layer)."""
-    return {name: m.sparse_weight.name for name, m in model.named_modules()
-            if isinstance(m, (SparseLinear, SparseConv2d))}
+    return {name: w.name for name, w in _sparse_weights(model)}
 
 
 def kernels_of(model: nn.Module) -> dict[str, str]:
     """Which kernel computed each pruned layer, for representations that have more than one (csr)."""
-    return {name: m.sparse_weight.kernel for name, m in model.named_modules()
-            if isinstance(m, (SparseLinear, SparseConv2d)) and hasattr(m.sparse_weight, "kernel")}
+    return {name: w.kernel for name, w in _sparse_weights(model) if hasattr(w, "kernel")}
 
 
 def cpu_name() -> str:

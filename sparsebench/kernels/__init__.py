@@ -188,13 +188,13 @@ def _check_dense(name: str, t, cols: int | None = None) -> torch.Tensor:
     return t
 
 
-def _check_index(name: str, t, length: int | None = None) -> torch.Tensor:
+def _check_index(name: str, t, length: int | None = None, dtype: torch.dtype = torch.int64) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cpu":
         raise ValueError(f"{name} must be on the CPU, got device {t.device}")
-    if t.dtype != torch.int64:
-        raise ValueError(f"{name} must be int64, got {t.dtype}")
+    if t.dtype != dtype:
+        raise ValueError(f"{name} must be {str(dtype).removeprefix('torch.')}, got {t.dtype}")
     if t.dim() != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
     if length is not None and t.shape[0] != length:
@@ -334,15 +334,14 @@ def bsr_linear_weight_grad(dy, x, row_ptr, col_idx, block) -> torch.Tensor:
 def _check_csr(row_ptr, col, nnz: int, rows: int, cols: int):
     """Cheap checks only (dtypes, lengths, ends): these run every step. The index values come from
     ``csr_structure`` in the csr representation, which builds them from a mask."""
-    for name, t in (("row_ptr", row_ptr), ("col", col)):
-        if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.dim() != 1 or t.device.type != "cpu":
-            raise ValueError(f"{name} must be a 1-D int32 CPU tensor")
+    row_ptr = _check_index("row_ptr", row_ptr, dtype=torch.int32)
+    col = _check_index("col", col, dtype=torch.int32)
     if row_ptr.shape[0] != rows + 1 or col.shape[0] != nnz:
         raise ValueError(f"CSR structure does not match: row_ptr has {row_ptr.shape[0]} entries for {rows} rows, "
                          f"col has {col.shape[0]} for {nnz} values")
     if cols <= 0 and nnz:
         raise ValueError("CSR matrix has no columns but stores values")
-    return row_ptr.contiguous(), col.contiguous()
+    return row_ptr, col
 
 
 def csr_spmm(row_ptr, col, values, b: torch.Tensor, cols: int, bias: torch.Tensor | None = None) -> torch.Tensor:

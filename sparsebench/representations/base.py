@@ -23,36 +23,47 @@ class RepresentationUnavailable(RuntimeError):
     """The representation cannot run on this machine (e.g. ``semi`` without CUDA); a reason, not a bug."""
 
 
+def _shifted_views(x: torch.Tensor, kernel, stride, padding, dilation, channels_last: bool):
+    """The kh * kw strided views of the padded input, one per kernel offset, each holding the input
+    under that offset at every output position, and (n, h_out, w_out). ``channels_last`` permutes
+    the input to (n, h, w, c) first, so each output row later gathers contiguous runs."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    n, _, h, w = x.shape
+    h_out = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    w_out = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    xp = F.pad(x, (pw, pw, ph, ph))
+    if channels_last:
+        xp = xp.permute(0, 2, 3, 1)
+    h_dim = 1 if channels_last else 2  # the width is the next dimension
+
+    def shifted(i: int, j: int) -> torch.Tensor:
+        index = [slice(None)] * 4
+        index[h_dim] = slice(i * dh, i * dh + sh * (h_out - 1) + 1, sh)
+        index[h_dim + 1] = slice(j * dw, j * dw + sw * (w_out - 1) + 1, sw)
+        return xp[tuple(index)]
+
+    views = [shifted(i, j) for i in range(kh) for j in range(kw)]
+    return views, (n, h_out, w_out)
+
+
 def im2col_rows(x: torch.Tensor, kernel, stride, padding, dilation):
     """The conv input as a matrix of rows, one per output position: (n * h_out * w_out, c * kh * kw),
     columns in the (c, kh, kw) order of a conv weight seen as a matrix.
 
     Built from kh * kw strided views of the padded input and one copy; torch's F.unfold (im2col)
     measured ~50x slower on CPU at the CNN's shapes, and it also needs a transpose afterwards."""
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    n, c, h, w = x.shape
-    h_out = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    w_out = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    xp = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1)  # channels last: each row gathers contiguous runs
-    views = [xp[:, i * dh:i * dh + sh * (h_out - 1) + 1:sh, j * dw:j * dw + sw * (w_out - 1) + 1:sw, :]
-             for i in range(kh) for j in range(kw)]
+    views, (n, h_out, w_out) = _shifted_views(x, kernel, stride, padding, dilation, channels_last=True)
     cols = torch.stack(views, dim=-1)  # (n, h_out, w_out, c, kh * kw)
-    return cols.reshape(n * h_out * w_out, c * kh * kw), (n, h_out, w_out)
+    return cols.reshape(n * h_out * w_out, x.shape[1] * math.prod(kernel)), (n, h_out, w_out)
 
 
 def im2col_features(x: torch.Tensor, kernel, stride, padding, dilation):
     """The conv input feature-major: (c * kh * kw, n * h_out * w_out), the transpose of
     ``im2col_rows``, built with one copy from the same strided views (for kernels that vectorise
     over positions)."""
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    n, c, h, w = x.shape
-    h_out = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    w_out = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    xp = F.pad(x, (pw, pw, ph, ph))
-    views = [xp[:, :, i * dh:i * dh + sh * (h_out - 1) + 1:sh, j * dw:j * dw + sw * (w_out - 1) + 1:sw]
-             for i in range(kh) for j in range(kw)]
+    views, (n, h_out, w_out) = _shifted_views(x, kernel, stride, padding, dilation, channels_last=False)
     cols = torch.stack(views, dim=2)  # (n, c, kh * kw, h_out, w_out)
-    return cols.permute(1, 2, 0, 3, 4).reshape(c * kh * kw, n * h_out * w_out), (n, h_out, w_out)
+    return cols.permute(1, 2, 0, 3, 4).reshape(x.shape[1] * math.prod(kernel), n * h_out * w_out), (n, h_out, w_out)
 
 
 class SparseWeight(nn.Module):

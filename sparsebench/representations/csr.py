@@ -130,13 +130,12 @@ class CsrWeight(SparseWeight):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         load_transposed(self, self.shape2d[1])
 
-    def _use_kernels(self, x: torch.Tensor) -> bool:
-        return x.device.type == "cpu" and x.dtype == torch.float32 and kernels.available()
+    def _use_kernels(self, t: torch.Tensor) -> bool:
+        return t.device.type == "cpu" and t.dtype == torch.float32 and kernels.available()
 
     @property
     def kernel(self) -> str:
-        on_cpu = self.values.device.type == "cpu" and self.values.dtype == torch.float32
-        return "sparsebench-cpp" if on_cpu and kernels.available() else "torch.sparse"
+        return "sparsebench-cpp" if self._use_kernels(self.values) else "torch.sparse"
 
     def linear(self, x):
         if self._use_kernels(x):
