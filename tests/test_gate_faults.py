@@ -70,17 +70,20 @@ def test_mask_that_stops_holding_fails_realised_sparsity(data_and_baselines, cac
 
 
 def test_representation_made_slower_fails_time_ratio(data_and_baselines, cache, monkeypatch):
-    # the fault: every csr product (forward and backward) takes 1.5x as long as it did
-    def slower(fn):
-        def run(*args):
-            start = time.perf_counter()
-            out = fn(*args)
-            time.sleep(0.5 * (time.perf_counter() - start))
-            return out
-        return staticmethod(run)
+    # the fault: the csr representation makes every training step of its model take 1.5x as long.
+    # Injected per step, not per csr product: with sparsebench's kernels the products are a minor
+    # part of a smoke-size step, so a 1.5x slower product moved the step by less than the noise
+    # floor and the test was flaky; the gate judges the step.
+    original = train.train_step
 
-    monkeypatch.setattr(csr._CsrKernelMatmul, "forward", slower(csr._CsrKernelMatmul.forward))
-    monkeypatch.setattr(csr._CsrKernelMatmul, "backward", slower(csr._CsrKernelMatmul.backward))
+    def slower(model, *args):
+        start = time.perf_counter()
+        loss = original(model, *args)
+        if any(isinstance(m, csr.CsrWeight) for m in model.modules()):
+            time.sleep(0.5 * (time.perf_counter() - start))
+        return loss
+
+    monkeypatch.setattr(train, "train_step", slower)
     failed, doc, baseline = gate(data_and_baselines, "random:0.5@csr")
     assert "time_ratio_vs_dense" in failed
     assert not failed & {"accuracy", "model_size_bytes", "realised_sparsity"}
