@@ -1,0 +1,107 @@
+"""Files that matter are written atomically: readers see the old file or the new one, never half.
+
+Everything goes to a fsynced temp file beside the target (a name that starts with ``.`` and ends in
+``.tmp``, so no scan mistakes it for a result), then ``os.replace``. ``clean_orphans`` removes temp
+files a killed writer left. Library core: no harness imports, no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+TMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Make a rename in ``directory`` durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """A fresh, empty temp file beside ``path`` (mode as an ordinary file), for writers that need a name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results and caches are ordinary files
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_temp(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_name)`` on a temp file beside ``path``, fsync it, and return its path (the
+    caller renames it). The temp file is removed if ``write`` fails."""
+    tmp = temp_path(path)
+    try:
+        write(str(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # the bytes are on disk before a rename makes them visible
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename a finished temp file over ``path`` and make the rename durable."""
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(Path(path).parent)
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """``write(tmp_name)`` then rename over ``path``: e.g. ``write_atomic(p, lambda t: torch.save(x, t))``."""
+    commit(write_temp(path, write), path)
+
+
+def json_text(obj) -> str:
+    return json.dumps(obj, indent=2, allow_nan=False) + "\n"  # NaN is not JSON: fail here, not in a reader
+
+
+def write_json_temp(path: str | os.PathLike, obj) -> Path:
+    text = json_text(obj)
+    return write_temp(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    commit(write_json_temp(path, obj), path)
+
+
+def clean_orphans(directory: str | os.PathLike, older_than_s: float = 60.0) -> list[Path]:
+    """Remove temp files (``.*.tmp``) under ``directory`` that a killed writer left; returns them.
+    Only files older than ``older_than_s`` go, so a writer still at work in another process keeps its own."""
+    directory = Path(directory)
+    removed = []
+    if not directory.is_dir():
+        return removed
+    now = time.time()
+    for tmp in directory.rglob(f".*{TMP_SUFFIX}"):
+        try:
+            if tmp.is_file() and now - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            continue
+    return removed
