@@ -10,6 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))  # benchmark helpers (layer_step.py) import as top-level modules
 
 _LAYER_ROWS: list[dict] = []
+_GATE_LINES: list[str] = []
 
 
 def pytest_addoption(parser):
@@ -77,17 +78,61 @@ def layer_table():
     return _LAYER_ROWS
 
 
+def _grid_cells(items) -> list:
+    return [item.callspec.params["cell"] for item in items
+            if item.originalname == "test_cell" and "cell" in getattr(item, "callspec", object()).params]
+
+
+def pytest_collection_finish(session):
+    # the grid this run was asked for (after -k and the like) is what the gate expects at the end;
+    # every xdist worker collects the same items, so they all write the same manifest
+    cells = _grid_cells(session.items)
+    if cells:
+        from sparsebench.budgets import get_budget
+        from sparsebench.grid import write_manifest
+
+        try:
+            budget = get_budget(session.config.getoption("--budget"))
+        except ValueError as err:
+            raise pytest.UsageError(str(err)) from None
+        write_manifest(_results_dir(session.config), budget, cells)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    """Gate the whole results directory once more: a cell that crashed or vanished left no document,
+    and the run fails for it, one line per missing cell."""
+    config = session.config
+    if os.environ.get("PYTEST_XDIST_WORKER") is not None or config.getoption("--no-gate") or config.option.collectonly:
+        return
+    from sparsebench.grid import MANIFEST
+
+    results = _results_dir(config)
+    if not (results / MANIFEST).is_file():
+        return
+    from sparsebench.gate import check_dir
+
+    report = check_dir(results, Path(config.getoption("--baselines")), config.getoption("--budget"))
+    _GATE_LINES[:] = report.lines()
+    if not report.ok:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_configure(config):
     torch.set_num_threads(torch.get_num_threads())  # explicit: the benchmark runs at the machine's thread count
 
 
 def pytest_terminal_summary(terminalreporter, config):
     results = _results_dir(config)
-    if os.environ.get("PYTEST_XDIST_WORKER") is None and any(results.rglob("*.json")):
+    if os.environ.get("PYTEST_XDIST_WORKER") is None and results.is_dir() and any(results.rglob("*/*.json")):
         from sparsebench.report import build_report
 
         terminalreporter.write_sep("=", f"sparsebench report ({results})")
         terminalreporter.write_line(build_report(results))
+    if _GATE_LINES:
+        terminalreporter.write_sep("=", "sparsebench gate (whole results directory)")
+        for line in _GATE_LINES:
+            terminalreporter.write_line(line)
     if not _LAYER_ROWS:
         return
     from tabulate import tabulate

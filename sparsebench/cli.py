@@ -48,6 +48,7 @@ def add_cell_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> Parser:
+    from .archs import ARCHS
     from .grid import DEFAULT_ARCHS, DEFAULT_SCHEMES
 
     parser = Parser(prog="sparsebench", description="Train sparse CNN/Transformer cells and measure what sparsity "
@@ -56,7 +57,7 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("run", help="train and measure one cell", description="Train one architecture under one "
                        "scheme and budget; write its result document (JSON).")
-    p.add_argument("--arch", required=True, choices=list(DEFAULT_ARCHS))
+    p.add_argument("--arch", required=True, choices=list(ARCHS))
     p.add_argument("--scheme", required=True, help="PATTERN[@REPRESENTATION], e.g. dense, random:0.5@csr, "
                    "block:4x4:0.5@bsr, nm:2:4, magnitude:0.9")
     p.add_argument("--out", required=True, type=Path, help="result file to write (JSON)")
@@ -65,7 +66,7 @@ def build_parser() -> Parser:
     p = sub.add_parser("grid", help="run the grid of cells", description="Run every arch x scheme cell; each "
                        "result is written to OUT/<arch>/<scheme>.json as soon as it is done; then print the report.")
     p.add_argument("--out", required=True, type=Path, help="results directory")
-    p.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), choices=list(DEFAULT_ARCHS))
+    p.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), choices=list(ARCHS))
     p.add_argument("--schemes", nargs="+", default=list(DEFAULT_SCHEMES), help="default: the default grid: "
                    + " ".join(DEFAULT_SCHEMES))
     add_cell_options(p)
@@ -76,7 +77,10 @@ def build_parser() -> Parser:
     p.add_argument("--out", type=Path, help="where report.md and the PNGs go (default: the results directory)")
 
     p = sub.add_parser("check", help="gate a results directory against the stored baselines",
-                       description="Exit 1 and list every regression (cell, metric, baseline, measured, tolerance).")
+                       description="Gate against the baselines of the machine class the results ran on (on a "
+                       "class without baselines: the machine-independent metrics against the nearest class). "
+                       "Exit 1 and list every regression (cell, metric, baseline, measured, tolerance) and every "
+                       "cell of the run's grid (its grid.json, else the default grid) that has no result.")
     p.add_argument("results", type=Path)
     p.add_argument("--budget", default="ci")
     p.add_argument("--baselines", type=Path, default=Path("baselines"), help="baselines root (default: baselines)")
@@ -84,47 +88,49 @@ def build_parser() -> Parser:
     p = sub.add_parser("baselines", help="manage stored baselines")
     bsub = p.add_subparsers(dest="action", required=True, parser_class=Parser)
     u = bsub.add_parser("update", help="write baselines from complete, green result directories",
-                        description="Write baselines/<budget>/<arch>/<scheme>.json from one or more complete runs "
-                        "of the default grid (several runs: their spread sets the tolerances). Atomic.")
+                        description="Write baselines/<budget>/<machine-class>/<arch>/<scheme>.json (and the class's "
+                        "machine.json) from one or more complete runs of the default grid on this machine class "
+                        "(several runs: their spread sets the tolerances). Atomic.")
     u.add_argument("results", type=Path, nargs="+", help="results directories (repeated runs of the same grid)")
     u.add_argument("--budget", default="ci")
     u.add_argument("--baselines", type=Path, default=Path("baselines"))
-    u.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS))
+    u.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), choices=list(ARCHS))
     u.add_argument("--schemes", nargs="+", default=list(DEFAULT_SCHEMES))
     return parser
 
 
-def cmd_run(args) -> int:
+def budget_of(args):
     from .budgets import get_budget
+
+    budget = get_budget(args.budget)
+    return budget.with_seconds(args.seconds) if args.seconds else budget
+
+
+def cmd_run(args) -> int:
+    from .cell import Cell
     from .grid import run_one
     from .results import write_json_atomic
-    from .schemes import parse_scheme
 
-    scheme = parse_scheme(args.scheme)
-    budget = get_budget(args.budget)
-    if args.seconds:
-        budget = budget.with_seconds(args.seconds)
+    cell = Cell.parse(args.arch, args.scheme)
+    budget = budget_of(args)
     writable_dir(args.out.resolve().parent)
-    doc = run_one(args.arch, str(scheme), budget, args.seed, args.data_dir, args.device, not args.quiet)
-    write_json_atomic(args.out, doc)
-    if doc["status"] == "ok":
-        print(f"{args.arch} {scheme}: accuracy {doc['accuracy']:.4f}, train {doc['train_time_s']:.1f} s, "
-              f"time x{doc['time_ratio_vs_dense']:.2f} of dense, peak {doc['peak_memory_bytes'] / 2**20:.1f} MiB "
+    result = run_one(cell, budget, None, args.seed, args.data_dir, args.device, not args.quiet)
+    write_json_atomic(args.out, result.to_dict())
+    if result.ok:
+        print(f"{cell}: accuracy {result.accuracy:.4f}, train {result.train_time_s:.1f} s, "
+              f"time x{result.time_ratio_vs_dense:.2f} of dense, peak {result.peak_memory_bytes / 2**20:.1f} MiB "
               f"-> {args.out}")
     else:
-        print(f"{args.arch} {scheme}: skipped ({doc['reason']}) -> {args.out}")
+        print(f"{cell}: skipped ({result.reason}) -> {args.out}")
     return 0
 
 
 def cmd_grid(args) -> int:
-    from .budgets import get_budget
     from .grid import default_cells, run_grid
     from .report import build_report
 
     cells = default_cells(args.archs, args.schemes)
-    budget = get_budget(args.budget)
-    if args.seconds:
-        budget = budget.with_seconds(args.seconds)
+    budget = budget_of(args)
     writable_dir(args.out)
     run_grid(cells, budget, args.out, args.seed, args.data_dir, args.device, not args.quiet)
     print(build_report(args.out))

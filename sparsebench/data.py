@@ -16,18 +16,19 @@ import contextlib
 import hashlib
 import io
 import os
-import secrets
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .atomic import write_atomic
+from .machine import cache_dir as machine_cache_dir
+
 DATA_ENV = "SPARSEBENCH_DATA_DIR"
-CACHE_ENV = "SPARSEBENCH_CACHE_DIR"
 HUB_ENV = "SPARSEBENCH_USE_HUB"
 HUB_NAMES = {"cifar10": "uoft-cs/cifar10", "imdb": "stanfordnlp/imdb"}
 COLUMNS = {"cifar10": ("img", "label"), "imdb": ("text", "label")}
@@ -68,9 +69,7 @@ class TextData:
     name: str = "imdb"
 
 
-def default_cache_dir() -> Path:
-    """$SPARSEBENCH_CACHE_DIR, or ~/.cache/sparsebench."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "sparsebench")
+default_cache_dir = machine_cache_dir  # the old name, still imported by representations/auto
 
 
 def _missing(root: Path, names: Iterable[str]) -> list[str]:
@@ -154,18 +153,6 @@ def _check_columns(found: list[str], name: str, source) -> None:
         raise ValueError(f"{source}: expected columns {list(COLUMNS[name])} ({name}), found {list(found)}")
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temp file in the same directory, so readers never see a half-written file."""
-    tmp = str(path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"))  # plain open: umask applies
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _cache_lock(cache_dir: Path, name: str):
     """Parallel workers (pytest-xdist) wait for one of them to build the cache instead of all building it."""
     from filelock import FileLock
@@ -206,7 +193,7 @@ def load_cifar10(data_dir=None, cache_dir=None, train_size: int | None = None,
                  test_size: int | None = None) -> ImageData:
     """CIFAR-10 as uint8 tensors; the first train_size / test_size rows when given."""
     files, key = _locate("cifar10", data_dir)
-    cache_dir = Path(cache_dir or default_cache_dir())
+    cache_dir = Path(cache_dir or machine_cache_dir())
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"cifar10-{key}.pt"
     with _cache_lock(cache_dir, "cifar10"):
@@ -218,7 +205,7 @@ def load_cifar10(data_dir=None, cache_dir=None, train_size: int | None = None,
                 for s, t in tables.items():
                     tensors[f"x_{s}"] = torch.from_numpy(_decode_images(t)).permute(0, 3, 1, 2).contiguous()
                     tensors[f"y_{s}"] = torch.from_numpy(_labels(t))
-            _atomic_write(path, lambda tmp: torch.save(tensors, tmp))
+            write_atomic(path, lambda tmp: torch.save(tensors, tmp))
     t = torch.load(path, weights_only=True)
     return ImageData(_take(t["x_train"], train_size, "train_size"), _take(t["y_train"], train_size, "train_size"),
                      _take(t["x_test"], test_size, "test_size"), _take(t["y_test"], test_size, "test_size"))
@@ -264,7 +251,7 @@ def load_imdb(data_dir=None, cache_dir=None, vocab_size: int = 8192, seq_len: in
               train_size: int | None = None, test_size: int | None = None) -> TextData:
     """IMDB as fixed-length token ids from a tokenizer trained on the whole training split (never downloaded)."""
     files, key = _locate("imdb", data_dir)
-    cache_dir = Path(cache_dir or default_cache_dir())
+    cache_dir = Path(cache_dir or machine_cache_dir())
     cache_dir.mkdir(parents=True, exist_ok=True)
     tok_path = cache_dir / f"imdb-tokenizer-{_key(key, vocab_size)}.json"
     path = cache_dir / f"imdb-{_key(key, vocab_size, seq_len)}.pt"
@@ -281,11 +268,11 @@ def load_imdb(data_dir=None, cache_dir=None, vocab_size: int = 8192, seq_len: in
                 tok = Tokenizer.from_file(str(tok_path))
             else:
                 tok = _train_tokenizer(texts["train"], vocab_size)
-                _atomic_write(tok_path, tok.save)
+                write_atomic(tok_path, tok.save)
             tensors = {"vocab_size": torch.tensor(tok.get_vocab_size())}
             for s in SPLITS:
                 tensors[f"x_{s}"], tensors[f"y_{s}"] = _encode(tok, texts[s], seq_len), labels[s]
-            _atomic_write(path, lambda tmp: torch.save(tensors, tmp))
+            write_atomic(path, lambda tmp: torch.save(tensors, tmp))
     t = torch.load(path, weights_only=True)
     x_test, y_test = t["x_test"], t["y_test"]
     if test_size is not None:

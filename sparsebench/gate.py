@@ -1,8 +1,15 @@
-"""Baselines and the regression gate: compare result documents with stored baselines, and update them.
+"""Baselines and the regression gate: compare results with stored baselines, and update them.
 
-A baseline lives at ``baselines/<budget>/<arch>/<slug>.json`` and holds, per gated metric, a value,
-an absolute tolerance (in the metric's unit) and which direction is better. A cell fails a metric
-when it is worse than the value by more than the tolerance.
+Baselines belong to a machine class (machine.py: CPU identity, kernel variant, threads, torch), since
+time ratios differ between instruction sets. Layout::
+
+    baselines/<budget>/<machine-class>/machine.json          the fingerprint that made them
+    baselines/<budget>/<machine-class>/<arch>/<slug>.json    per gated metric: value, tolerance, better
+
+A result is gated against the class it ran on (its ``env.machine_class``). On a class without
+baselines of its own, the machine-independent metrics are gated against the nearest class and the
+time ratio and peak memory are reported, not gated. A cell fails a metric when it is worse than the
+value by more than the tolerance; a run fails when it lost a cell it was asked for.
 """
 
 from __future__ import annotations
@@ -14,19 +21,25 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .results import SCHEMA_VERSION, read_result, result_files, write_json_temp
+from .cell import Cell
+from .results import SCHEMA_VERSION, KiB, MiB, Result, is_finite, scan_results, write_json_temp
 
 GATED_METRICS = {
     "accuracy": "higher",
     "peak_memory_bytes": "lower",
     "model_size_bytes": "lower",
+    "ledger_bytes": "lower",
     "time_ratio_vs_dense": "lower",
     # a mask that stops holding (pruned weights drifting off zero) changes none of the above for
     # `masked`, and may even raise accuracy; the realised sparsity is what shows it
     "realised_sparsity": "higher",
 }
-_BYTE_METRICS = ("peak_memory_bytes", "model_size_bytes")
-_KiB, _MiB = 1024, 1024 * 1024
+# what does not depend on the machine, so is gated against another class's baselines too
+MACHINE_INDEPENDENT = ("accuracy", "realised_sparsity", "model_size_bytes", "ledger_bytes")
+# accuracy moves between machines (thread scheduling, BLAS kernels); absolute, in accuracy units
+CROSS_MACHINE_ACCURACY_TOLERANCE = 0.03
+MACHINE_FILE = "machine.json"
+_BYTE_METRICS = ("peak_memory_bytes", "model_size_bytes", "ledger_bytes")
 
 
 class BaselineError(Exception):
@@ -34,18 +47,49 @@ class BaselineError(Exception):
 
 
 def update_command(budget: str | None, results_dir: str | os.PathLike | None = None) -> str:
-    """The command that (re)makes the baselines of a budget."""
+    """The command that (re)makes the baselines of a budget for the machine that made the results."""
     return f"sparsebench baselines update --budget {budget or 'BUDGET'} {results_dir or 'DIR'}"
 
 
-def baseline_path(root: str | os.PathLike, budget: str, arch: str, slug: str) -> Path:
-    return Path(root) / budget / arch / f"{slug}.json"
+def class_dir(root: str | os.PathLike, budget: str, machine_class: str) -> Path:
+    return Path(root) / budget / machine_class
+
+
+def baseline_path(root: str | os.PathLike, budget: str, machine_class: str, arch: str, slug: str) -> Path:
+    return class_dir(root, budget, machine_class) / arch / f"{slug}.json"
+
+
+def known_classes(root: str | os.PathLike, budget: str) -> dict[str, dict]:
+    """Machine class -> the fingerprint that made its baselines. Directories without ``machine.json``
+    (an older layout) are not classes and are ignored."""
+    classes = {}
+    for marker in sorted((Path(root) / budget).glob(f"*/{MACHINE_FILE}")):
+        try:
+            fp = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+            raise BaselineError(f"baselines {marker} is unreadable ({e}); remake that class with "
+                                f"`{update_command(budget)}`") from e
+        classes[marker.parent.name] = fp if isinstance(fp, dict) else {}
+    return classes
+
+
+def nearest_class(fp: dict, known: dict[str, dict]) -> str | None:
+    """The known class most like ``fp``: same CPU architecture first, then same kernel variant, same
+    vendor, same threads, same torch (ties: by name, so the choice is stable)."""
+    def likeness(name):
+        other = known[name]
+        cpu, other_cpu = fp.get("cpu") or {}, other.get("cpu") or {}
+        return (cpu.get("arch") == other_cpu.get("arch"), fp.get("kernel_variant") == other.get("kernel_variant"),
+                cpu.get("vendor") == other_cpu.get("vendor"), fp.get("threads") == other.get("threads"),
+                fp.get("torch") == other.get("torch"))
+
+    return max(sorted(known), key=likeness) if known else None
 
 
 def load_baseline(path: str | os.PathLike) -> dict:
     """Read and check one baseline file; BaselineError names the file and the command that makes it."""
     path = Path(path)
-    budget = path.parent.parent.name or None  # baselines/<budget>/<arch>/<slug>.json
+    budget = path.parents[2].name if len(path.parents) > 2 else None  # <budget>/<class>/<arch>/<slug>.json
     fix = f"make it from a complete, green run with `{update_command(budget)}`"
     if not path.is_file():
         raise BaselineError(f"baseline {path} does not exist; {fix}")
@@ -64,7 +108,7 @@ def load_baseline(path: str | os.PathLike) -> dict:
         if not isinstance(entry, dict):
             raise BaselineError(f"baseline {path} lacks metric {metric!r}; {fix}")
         value, tol = entry.get("value"), entry.get("tolerance")
-        if not (_is_finite(value) and _is_finite(tol) and tol >= 0):
+        if not (is_finite(value) and is_finite(tol) and tol >= 0):
             raise BaselineError(f"baseline {path}: metric {metric!r} needs a finite value and a tolerance >= 0, "
                                 f"got {value!r} and {tol!r}; {fix}")
         # A flipped direction would silently turn the gate around, so it must agree with ours.
@@ -74,15 +118,11 @@ def load_baseline(path: str | os.PathLike) -> dict:
     return doc
 
 
-def _is_finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def format_metric(metric: str, x: float) -> str:
     """A metric value for people: bytes in B/KiB/MiB/GiB, everything else with 3 decimals."""
-    if metric not in _BYTE_METRICS or not _is_finite(x):
-        return f"{x:.3f}" if _is_finite(x) else str(x)
-    for unit, size in (("GiB", 1024**3), ("MiB", _MiB), ("KiB", _KiB)):
+    if metric not in _BYTE_METRICS or not is_finite(x):
+        return f"{x:.3f}" if is_finite(x) else str(x)
+    for unit, size in (("GiB", 1024**3), ("MiB", MiB), ("KiB", KiB)):
         if abs(x) >= size:
             return f"{x / size:.2f} {unit}"
     return f"{x:.0f} B"
@@ -107,27 +147,31 @@ class Failure:
     def __str__(self) -> str:
         f = lambda x: format_metric(self.metric, x)
         op, sign = ("<", "-") if self.better == "higher" else (">", "+")
-        worse = abs(self.measured - self.baseline) if _is_finite(self.measured) else float("nan")
+        worse = abs(self.measured - self.baseline) if is_finite(self.measured) else float("nan")
         pct = f", {100 * worse / abs(self.baseline):.0f}%" if self.metric != "accuracy" and self.baseline else ""
         return (f"FAIL {self.cell} {self.metric} {f(self.measured)} {op} baseline {f(self.baseline)} "
                 f"{sign} tol {f(self.tolerance)} (worse by {f(worse)}{pct})")
 
 
-def check_result(result: dict, baseline: dict) -> list[Failure]:
-    """The gated metrics of ``result`` that are worse than ``baseline`` beyond its tolerance (empty: pass)."""
+def check_result(result: Result, baseline: dict, metrics=tuple(GATED_METRICS),
+                 cross_machine: bool = False) -> list[Failure]:
+    """The ``metrics`` of ``result`` that are worse than ``baseline`` beyond its tolerance (empty: pass).
+    ``cross_machine``: the baseline is another class's, so accuracy gets the cross-machine tolerance."""
     failures = []
-    for metric, better in GATED_METRICS.items():
-        entry = baseline["metrics"][metric]
-        value, tol, measured = entry["value"], entry["tolerance"], result.get(metric)
-        if not _is_finite(measured):
+    for metric in metrics:
+        better, entry = GATED_METRICS[metric], baseline["metrics"][metric]
+        value, tol, measured = entry["value"], entry["tolerance"], getattr(result, metric)
+        if metric == "accuracy" and cross_machine:
+            tol = max(tol, CROSS_MACHINE_ACCURACY_TOLERANCE)
+        if not is_finite(measured):
             bad = True  # a missing or NaN measurement must not pass by comparing False
         elif better == "higher":
             bad = measured < value - tol
         else:
             bad = measured > value + tol
         if bad:
-            failures.append(Failure(result["arch"], result["scheme"], metric, value,
-                                    measured if _is_finite(measured) else float("nan"), tol, better))
+            failures.append(Failure(result.arch, result.scheme, metric, value,
+                                    measured if is_finite(measured) else float("nan"), tol, better))
     return failures
 
 
@@ -137,80 +181,156 @@ class GateReport:
 
     failures: list[Failure] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # cells that could not be judged: these fail the gate too
+    missing: list[str] = field(default_factory=list)  # expected cells with no result: these fail the gate
     notes: list[str] = field(default_factory=list)  # worth saying, not failing (skipped cells, unused baselines)
+    reported: list[str] = field(default_factory=list)  # measured but not gated (time on another machine class)
     checked: int = 0  # cells compared with a baseline
 
     @property
     def ok(self) -> bool:
-        return not self.failures and not self.errors and self.checked > 0
+        return not self.failures and not self.errors and not self.missing and self.checked > 0
 
     def lines(self) -> list[str]:
-        """One line per error, failure and note, then a summary line."""
-        out = [f"ERROR {e}" for e in self.errors] + [str(f) for f in self.failures] + [f"NOTE {n}" for n in self.notes]
+        """One line per error, missing cell, failure, note and reported figure, then a summary line."""
+        out = ([f"ERROR {e}" for e in self.errors] + [f"MISSING {m}" for m in self.missing]
+               + [str(f) for f in self.failures] + [f"NOTE {n}" for n in self.notes]
+               + [f"REPORTED {r}" for r in self.reported])
         failed_cells = len({f.cell for f in self.failures})
         if self.ok:
             out.append(f"gate PASSED: {self.checked} cells within tolerance of their baselines")
         else:
             out.append(f"gate FAILED: {len(self.failures)} metric failures in {failed_cells} of {self.checked} "
-                       f"checked cells, {len(self.errors)} errors")
+                       f"checked cells, {len(self.missing)} missing cells, {len(self.errors)} errors")
         return out
 
     def __str__(self) -> str:
         return "\n".join(self.lines())
 
 
-def check_dir(results_dir: str | os.PathLike, baselines_root: str | os.PathLike, budget: str) -> GateReport:
-    """Compare every result under ``results_dir`` with its baseline; collect all failures, never stop at the first."""
-    report = GateReport()
-    used = set()
-    for path in result_files(results_dir):
+def missing_cells(results: list[Result], expected: list[Cell]) -> list[str]:
+    """The expected cells with no document (of any status), one line each."""
+    have = {(r.arch, r.scheme) for r in results}
+    return [f"{c}: no result (expected by the grid)" for c in expected if (c.arch, str(c.scheme)) not in have]
+
+
+def machine_class_of(results: list[Result]) -> tuple[str | None, dict, str | None]:
+    """The one machine class the ok results ran on, its fingerprint, and an error line when they disagree."""
+    classes = {r.machine_class: r.env.get("machine") or {} for r in results if r.ok}
+    if len(classes) > 1:
+        return None, {}, (f"results from several machine classes (env.machine_class: {', '.join(sorted(classes))}); "
+                          f"gate each machine's run on its own")
+    return (next(iter(classes)), classes[next(iter(classes))], None) if classes else (None, {}, None)
+
+
+def plan(machine_class: str | None, fp: dict, baselines_root: str | os.PathLike, budget: str,
+         results_dir: str | os.PathLike | None = None) -> tuple[str | None, tuple[str, ...], str | None]:
+    """Which class's baselines to gate against, which metrics, and the line that says so when it is
+    not the machine's own class. No class at all: (None, ..)."""
+    known = known_classes(baselines_root, budget)
+    if machine_class is None or machine_class in known:
+        return machine_class, tuple(GATED_METRICS), None
+    against = nearest_class(fp, known)
+    if against is None:
+        return None, MACHINE_INDEPENDENT, None
+    return against, MACHINE_INDEPENDENT, (
+        f"machine class {machine_class} has no baselines: time ratio and peak memory are reported, not gated; "
+        f"accuracy (tolerance >= {CROSS_MACHINE_ACCURACY_TOLERANCE}), realised sparsity, model size and ledger "
+        f"are gated against the nearest class {against}; add this machine with "
+        f"`{update_command(budget, results_dir)}`")
+
+
+def check_one(result: Result, baselines_root: str | os.PathLike, budget: str) -> tuple[list[Failure], str | None]:
+    """Gate one ok result against its machine class's baseline (the benchmark suite, cell by cell):
+    its failures and the not-own-class line, if any. BaselineError when there is no baseline."""
+    against, metrics, note = plan(result.machine_class, result.env.get("machine") or {}, baselines_root, budget)
+    if against is None:
+        raise BaselineError(f"no baselines for budget {budget!r} under {baselines_root}; make them with "
+                            f"`{update_command(budget)}`")
+    baseline = load_baseline(baseline_path(baselines_root, budget, against, result.arch, result.slug))
+    return check_result(result, baseline, metrics, cross_machine=against != result.machine_class), note
+
+
+def check_dir(results_dir: str | os.PathLike, baselines_root: str | os.PathLike, budget: str,
+              expected: list[Cell] | None = None) -> GateReport:
+    """Gate every result under ``results_dir`` against the baselines of its machine class; collect all
+    failures, never stop at the first. ``expected``: the cells the run must hold (default: its grid
+    manifest, else the default grid)."""
+    from .grid import default_cells, read_manifest
+
+    report, results = GateReport(), []
+    for path, result in scan_results(results_dir):
+        if isinstance(result, ValueError):
+            report.errors.append(str(result))
+        elif result.budget != budget:
+            report.errors.append(f"{result.cell}: result {path} is budget {result.budget!r}, the gate checks {budget!r}")
+        else:
+            results.append(result)
+    if expected is None:
         try:
-            doc = read_result(path)
+            expected = read_manifest(results_dir) or default_cells()
         except ValueError as e:
             report.errors.append(str(e))
-            continue
-        if doc is None:
-            continue
-        cell = f"{doc['arch']} {doc['scheme']}"
-        if doc["budget"] != budget:
-            report.errors.append(f"{cell}: result {path} is budget {doc['budget']!r}, the gate checks {budget!r}")
-            continue
-        bpath = baseline_path(baselines_root, budget, doc["arch"], doc["slug"])
+            expected = default_cells()
+    report.missing = missing_cells(results, expected)
+
+    machine_class, fp, mixed = machine_class_of(results)
+    if mixed:
+        report.errors.append(mixed)
+        return report
+    against, metrics, note = plan(machine_class, fp, baselines_root, budget, results_dir)
+    if note:
+        report.notes.append(note)
+    if machine_class is not None and against is None:
+        report.errors.append(f"no baselines for budget {budget!r} under {baselines_root}; make them with "
+                             f"`{update_command(budget, results_dir)}`")
+        return report
+
+    used = set()
+    for result in results:
+        bpath = baseline_path(baselines_root, budget, against or "-", result.arch, result.slug)
         used.add(bpath.resolve())
-        if doc["status"] != "ok":
-            why = doc.get("reason") or doc.get("error") or "no reason given"
-            if doc["status"] == "skipped" and not bpath.exists():
+        if not result.ok:
+            if result.status == "skipped" and not bpath.exists():
                 # e.g. semi on a machine without it: expected, and nothing was ever promised for it.
-                report.notes.append(f"{cell}: skipped ({why})")
+                report.notes.append(f"{result.cell}: skipped ({result.reason or 'no reason given'})")
             else:
-                report.errors.append(f"{cell}: status {doc['status']!r} ({why}) in {path}")
+                report.errors.append(f"{result.cell}: status {result.status!r} ({result.reason or 'no reason given'})")
             continue
         try:
             baseline = load_baseline(bpath)
         except BaselineError as e:
-            report.errors.append(f"{cell}: {e}".replace(update_command(budget), update_command(budget, results_dir)))
+            report.errors.append(f"{result.cell}: {e}".replace(update_command(budget),
+                                                               update_command(budget, results_dir)))
             continue
-        if (baseline.get("arch"), baseline.get("scheme")) != (doc["arch"], doc["scheme"]):
-            report.errors.append(f"{cell}: baseline {bpath} is for {baseline.get('arch')} {baseline.get('scheme')}")
+        if (baseline.get("arch"), baseline.get("scheme")) != (result.arch, result.scheme):
+            report.errors.append(f"{result.cell}: baseline {bpath} is for {baseline.get('arch')} "
+                                 f"{baseline.get('scheme')}")
             continue
-        report.failures.extend(check_result(doc, baseline))
+        report.failures.extend(check_result(result, baseline, metrics, cross_machine=against != machine_class))
+        if against != machine_class:
+            ref = baseline["metrics"]["time_ratio_vs_dense"]["value"]
+            report.reported.append(f"{result.cell} time_ratio_vs_dense {result.time_ratio_vs_dense:.3f} "
+                                   f"(class {against}: {ref:.3f}; not gated)")
         report.checked += 1
     if report.checked == 0 and not report.errors:
         report.errors.append(f"no result documents in {results_dir}; nothing was gated")
-    unused = sorted(p for p in (Path(baselines_root) / budget).glob("*/*.json") if p.resolve() not in used)
-    if unused:
-        report.notes.append(f"{len(unused)} baselines have no result in {results_dir} (not gated): "
-                            + ", ".join(f"{p.parent.name}/{p.stem}" for p in unused))
+    if against is not None:
+        unused = sorted(p for p in class_dir(baselines_root, budget, against).glob("*/*.json")
+                        if p.resolve() not in used)
+        if unused:
+            report.notes.append(f"{len(unused)} baselines have no result in {results_dir} (not gated): "
+                                + ", ".join(f"{p.parent.name}/{p.stem}" for p in unused))
     return report
 
 
 # Floors of the tolerance rule: (absolute floor, fraction of median floor, cap as fraction of median or None).
 _TOLERANCE_FLOORS = {
     "accuracy": (0.03, 0.0, None),
-    "peak_memory_bytes": (1 * _MiB, 0.10, None),
-    "model_size_bytes": (1 * _KiB, 0.01, None),
+    "peak_memory_bytes": (1 * MiB, 0.10, None),
+    "model_size_bytes": (1 * KiB, 0.01, None),
     "time_ratio_vs_dense": (0.0, 0.25, 0.40),
     "realised_sparsity": (0.002, 0.0, None),
+    "ledger_bytes": (1 * KiB, 0.01, None),
 }
 
 
@@ -228,6 +348,8 @@ def tolerance_rule(metric: str, values: list[float]) -> float:
     - time_ratio_vs_dense: min(max(25% of m, 3 * spread), 40% of m). Interleaved timing cancels most
       machine noise but a 2-core runner still wobbles by 10-20%; the 40% cap keeps a 1.5x slowdown
       failing however noisy the runs that made the baseline were (update_baselines warns when capped).
+    - ledger_bytes: max(1% of m, 1 KiB, 3 * spread). Counted from the tensors, deterministic; a mask,
+      index or optimizer state kept dense costs far more.
     - realised_sparsity: max(0.002, 3 * spread). Deterministic from the seed; a pruned weight that
       drifts off zero lowers it, and 0.2% of the weights is far less than any real drift.
     """
@@ -244,37 +366,32 @@ def tolerance_rule(metric: str, values: list[float]) -> float:
     return tol
 
 
-def _cells_of(results_dir: Path, budget: str) -> dict[tuple[str, str], tuple[Path, dict]]:
-    """(arch, scheme) -> (file, document) for one complete, green run of the given budget."""
+def _cells_of(results_dir: Path, budget: str) -> dict[tuple[str, str], tuple[Path, Result]]:
+    """(arch, scheme) -> (file, result) for one complete, green run of the given budget."""
     cells = {}
-    files = result_files(results_dir)
-    for path in files:
-        try:
-            doc = read_result(path)
-        except ValueError as e:
-            raise BaselineError(f"refusing to update baselines: {e}") from e
-        if doc is None:
-            continue
-        cell = (doc["arch"], doc["scheme"])
-        if doc["status"] != "ok":
-            raise BaselineError(f"refusing to update baselines: {path} ({' '.join(cell)}) has status "
-                                f"{doc['status']!r}; baselines come only from a complete, green run")
-        if doc["budget"] != budget:
-            raise BaselineError(f"refusing to update baselines: {path} is budget {doc['budget']!r}, not {budget!r}")
+    for path, result in scan_results(results_dir):
+        if isinstance(result, ValueError):
+            raise BaselineError(f"refusing to update baselines: {result}") from result
+        cell = (result.arch, result.scheme)
+        if not result.ok:
+            raise BaselineError(f"refusing to update baselines: {path} ({result.cell}) has status "
+                                f"{result.status!r}; baselines come only from a complete, green run")
+        if result.budget != budget:
+            raise BaselineError(f"refusing to update baselines: {path} is budget {result.budget!r}, not {budget!r}")
         if cell in cells:
-            raise BaselineError(f"refusing to update baselines: {' '.join(cell)} appears twice in {results_dir} "
+            raise BaselineError(f"refusing to update baselines: {result.cell} appears twice in {results_dir} "
                                 f"({cells[cell][0]} and {path}); give each repeated run its own directory")
-        cells[cell] = (path, doc)
+        cells[cell] = (path, result)
     if not cells:
         raise BaselineError(f"refusing to update baselines: no result documents in {results_dir}")
     return cells
 
 
-def _baseline_doc(budget: str, docs: list[dict]) -> tuple[dict, list[str]]:
+def _baseline_doc(budget: str, results: list[Result]) -> tuple[dict, list[str]]:
     """The baseline of one cell from its repeated runs, and warnings about noisy metrics."""
-    first, metrics, spread, warnings = docs[0], {}, {}, []
+    first, metrics, spread, warnings = results[0], {}, {}, []
     for metric, better in GATED_METRICS.items():
-        values = [d[metric] for d in docs]
+        values = [getattr(r, metric) for r in results]
         value, tol = statistics.median(values), tolerance_rule(metric, values)
         spread[metric] = max(values) - min(values)
         if metric in _BYTE_METRICS:
@@ -283,15 +400,14 @@ def _baseline_doc(budget: str, docs: list[dict]) -> tuple[dict, list[str]]:
             value, tol = round(value, 6), round(tol, 6)
         cap = _TOLERANCE_FLOORS[metric][2]
         if cap is not None and 3 * spread[metric] > cap * abs(value):
-            warnings.append(f"warning: {first['arch']} {first['scheme']} {metric}: runs spread by "
+            warnings.append(f"warning: {first.cell} {metric}: runs spread by "
                             f"{format_metric(metric, spread[metric])}, tolerance capped at {cap:.0%} of the median; "
                             f"the gate may be flaky on this machine")
         metrics[metric] = {"value": value, "tolerance": tol, "better": better}
-    env = first.get("env", {})
     doc = {
-        "schema_version": SCHEMA_VERSION, "budget": budget, "arch": first["arch"], "scheme": first["scheme"],
-        "metrics": metrics,
-        "made_from": {"runs": len(docs), "spread": spread, "env": env, "commit": env.get("commit")},
+        "schema_version": SCHEMA_VERSION, "budget": budget, "arch": first.arch, "scheme": first.scheme,
+        "machine_class": first.machine_class, "metrics": metrics,
+        "made_from": {"runs": len(results), "spread": spread, "env": first.env, "commit": first.env.get("commit")},
     }
     return doc, warnings
 
@@ -306,36 +422,46 @@ def _describe_change(path: Path, old: dict | None, new: dict) -> list[str]:
     old_metrics = old.get("metrics") if isinstance(old.get("metrics"), dict) else {}
     for m, e in new["metrics"].items():
         before = old_metrics.get(m)
-        readable = isinstance(before, dict) and _is_finite(before.get("value")) and _is_finite(before.get("tolerance"))
+        readable = isinstance(before, dict) and is_finite(before.get("value")) and is_finite(before.get("tolerance"))
         if not readable or (before["value"], before["tolerance"]) != (e["value"], e["tolerance"]):
             changed.append(f"  {m}: {show(m, before) if readable else 'none'} -> {show(m, e)}")
     return [f"updated {path}:"] + changed if changed else [f"unchanged {path}"]
 
 
 def update_baselines(results_dirs: list[Path] | Path, baselines_root: str | os.PathLike, budget: str,
-                     expected_cells: list[tuple[str, str]] | None = None) -> list[str]:
-    """Rewrite the baselines of ``budget`` from complete, green runs; return what changed, one line per item.
+                     expected_cells: list[Cell] | None = None) -> list[str]:
+    """Rewrite the baselines of ``budget`` for the machine class the runs ran on, from complete, green
+    runs; return what changed, one line per item.
 
     Several directories are repeated runs of the same grid: value = median, tolerance by ``tolerance_rule``
-    over their spread. Refuses (BaselineError) if a run lacks an expected cell (``expected_cells`` holds
-    (arch, scheme or slug); by default every run must hold the same cells), if any result is not ok or of
-    another budget. All files go to temp files first and are then renamed, so a failure leaves the old
-    baselines in place (renames already done are rolled back).
+    over their spread. Refuses (BaselineError) if a run lacks an expected cell (by default every run must
+    hold the same cells), if any result is not ok or of another budget, or if the runs come from more
+    than one machine class. All files go to temp files first and are then renamed, so a failure leaves
+    the old baselines in place (renames already done are rolled back).
     """
     dirs = [Path(results_dirs)] if isinstance(results_dirs, (str, os.PathLike)) else [Path(d) for d in results_dirs]
     if not dirs:
         raise BaselineError("refusing to update baselines: no results directory given")
     runs = [_cells_of(d, budget) for d in dirs]
 
+    classes = {}  # machine class -> a directory holding it
+    for d, run in zip(dirs, runs, strict=True):
+        for _, result in run.values():
+            classes.setdefault(result.machine_class, d)
+    if len(classes) > 1:
+        raise BaselineError("refusing to update baselines: env.machine_class differs: "
+                            + ", ".join(f"{c} (in {d})" for c, d in sorted(classes.items(), key=str))
+                            + "; baselines belong to one machine class, update each from its own runs")
+    machine_class = next(iter(classes))
+
     if expected_cells is not None:
+        wanted = {(c.arch, str(c.scheme)) for c in expected_cells}
         for d, run in zip(dirs, runs, strict=True):
-            have = {(a, s) for a, s in run} | {(a, doc["slug"]) for (a, _), (_, doc) in run.items()}
-            missing = [f"{a} {s}" for a, s in expected_cells if (a, s) not in have]
+            missing = [f"{a} {s}" for a, s in sorted(wanted - set(run))]
             if missing:
                 raise BaselineError(f"refusing to update baselines: {d} is incomplete, missing {', '.join(missing)}; "
                                     f"run the whole grid first")
-        wanted = {(a, s) for a, s in expected_cells}
-        keep = [c for c in runs[0] if c in wanted or (c[0], runs[0][c][1]["slug"]) in wanted]
+        keep = [c for c in runs[0] if c in wanted]
     else:
         keep = list(runs[0])
         for d, run in zip(dirs[1:], runs[1:], strict=True):
@@ -346,19 +472,20 @@ def update_baselines(results_dirs: list[Path] | Path, baselines_root: str | os.P
 
     planned, lines = [], []  # planned: (target, new doc, old doc or None)
     for cell in sorted(keep):
-        docs = [run[cell][1] for run in runs]
-        devices = {d.get("env", {}).get("device") for d in docs}
-        if len(devices) > 1:
-            raise BaselineError(f"refusing to update baselines: {' '.join(cell)} measured on "
-                                f"different devices ({', '.join(sorted(map(str, devices)))}); one baseline, one kind")
-        new, warnings = _baseline_doc(budget, docs)
-        target = baseline_path(baselines_root, budget, cell[0], docs[0]["slug"])
+        results = [run[cell][1] for run in runs]
+        new, warnings = _baseline_doc(budget, results)
+        target = baseline_path(baselines_root, budget, machine_class, cell[0], results[0].slug)
         try:
             old = json.loads(target.read_text(encoding="utf-8")) if target.exists() else None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             old = {}  # a corrupt old baseline is simply replaced
         planned.append((target, new, old))
         lines += _describe_change(target, old, new) + warnings
+    first = runs[0][keep[0]][1] if keep else next(iter(runs[0].values()))[1]
+    marker = class_dir(baselines_root, budget, machine_class) / MACHINE_FILE
+    planned.append((marker, {"machine_class": machine_class, "fingerprint": first.env.get("machine"),
+                             "cpu": first.env.get("cpu")}, None))
+    lines.append(f"machine class {machine_class}: {marker}")
 
     _write_all(planned)
     return lines

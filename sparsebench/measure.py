@@ -1,21 +1,20 @@
-"""Measurements that are easy to get wrong: interleaved step timing, peak memory in a separate
-untimed pass, the saved model's size, realised sparsity, and the environment."""
+"""Measurements that are easy to get wrong: peak memory in a separate untimed pass (step timing is
+``timing``'s), the saved model's size, realised sparsity, and the environment."""
 
 from __future__ import annotations
 
 import io
 import os
 import platform
-import statistics
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from . import machine
 from .representations import SparseConv2d, SparseLinear
 
 
@@ -24,29 +23,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
-def interleaved_step_times(dense_step, scheme_step, steps: int,
-                           device: torch.device) -> tuple[list[float], list[float]]:
-    """Alternate dense and scheme steps (after one untimed warm-up each) so both see the same
-    machine state; a noisy neighbour slows both, and their ratio survives it."""
-    dense_step(), scheme_step()
-    dense, scheme = [], []
-    for _ in range(steps):
-        dense.append(timed(dense_step, device))
-        scheme.append(timed(scheme_step, device))
-    return dense, scheme
-
-
-def time_ratio(dense_times: list[float], scheme_times: list[float]) -> float:
-    """Scheme step time over dense step time (medians): above 1.0 the scheme is slower."""
-    return statistics.median(scheme_times) / statistics.median(dense_times)
+def syncer(device: torch.device):
+    """What brackets a timed call on ``device`` (None on the CPU), for ``timing``."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
 
 
 def peak_memory(training_pass: Callable[[], None], device: torch.device) -> tuple[int, str]:
@@ -114,16 +93,6 @@ def kernels_of(model: nn.Module) -> dict[str, str]:
     return {name: w.kernel for name, w in _sparse_weights(model) if hasattr(w, "kernel")}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def git_commit() -> str:
     """The code version that made a result: $SPARSEBENCH_COMMIT, or git's HEAD (+ '-dirty')."""
     if os.environ.get("SPARSEBENCH_COMMIT"):
@@ -139,14 +108,34 @@ def git_commit() -> str:
         return "unknown"
 
 
+def kernel_variant() -> tuple[str, bool]:
+    """The sparse-kernel variant that runs here, and whether it was forced ($SPARSEBENCH_CPU_ISA)."""
+    from . import kernels
+
+    variant = getattr(kernels, "variant", lambda: "native")()
+    forced = getattr(kernels, "variant_forced", lambda: False)()
+    return variant, bool(forced)
+
+
 def environment(device: torch.device) -> dict:
+    """Where a result was measured; ``machine`` is the fingerprint whose class its time baselines belong to."""
+    variant, forced = kernel_variant()
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    threads = torch.get_num_threads()
+    # the CPU's identity is in the fingerprint, so a variant forced here is never the class of that
+    # variant native on another CPU
+    fp = machine.fingerprint(variant, threads, torch.__version__, device.type, gpu)
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": device.type,
-        "threads": torch.get_num_threads(),
-        "cpu": cpu_name(),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "threads": threads,
+        "cpu": machine.cpu_name(),
+        "gpu": gpu,
         "commit": git_commit(),
         "platform": platform.platform(),
+        "kernel_variant": variant,
+        "kernel_variant_forced": forced,
+        "machine": fp,
+        "machine_class": machine.machine_class(fp),
     }

@@ -1,4 +1,4 @@
-"""The two architectures of the grid, at the sizes a budget asks for.
+"""The two architectures of the grid, at the sizes a budget asks for (archs.py registers them).
 
 cnn: 3 conv layers (64, 128, 256 filters, 3x3, padding 1, ReLU, 2x2 max-pool each), then
      4096 -> 512 -> 10. The reference sizes, in every budget.
@@ -10,7 +10,7 @@ transformer: token embedding + learned positions, pre-norm encoder layers (atten
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -87,24 +87,3 @@ class Transformer(nn.Module):
         x = self.norm(x)
         pooled = (x * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1)
         return self.classifier(pooled)
-
-
-ARCHS = ("cnn", "transformer")
-
-
-def build_model(arch: str, transformer_size: TransformerSize | None = None) -> nn.Module:
-    if arch == "cnn":
-        return CNN()
-    if arch == "transformer":
-        return Transformer(transformer_size or REFERENCE_TRANSFORMER)
-    raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-
-
-def model_sizes(arch: str, model: nn.Module, transformer_size: TransformerSize | None = None) -> dict:
-    """What the result records about the model: its size settings and parameter count."""
-    sizes = {"parameters": sum(p.numel() for p in model.parameters())}
-    if arch == "cnn":
-        sizes |= {"conv_filters": [64, 128, 256], "fc": [4096, 512, 10]}
-    else:
-        sizes |= asdict(transformer_size or REFERENCE_TRANSFORMER)
-    return sizes

@@ -1,8 +1,8 @@
-"""The per-cell result document: its keys, its checks, and writing it atomically.
+"""The per-cell result: one typed value (``Result``) built by training, written as one JSON document,
+read back (and checked) by the gate, the report and the tests. The schema lives here and only here.
 
-One JSON document per cell (architecture x scheme x budget), written by the training harness.
-A results directory is scanned recursively; only JSON objects having both ``schema_version``
-and ``arch`` are results, so other JSON (pytest-benchmark saves, say) can live beside them.
+A results directory is scanned recursively; only JSON objects having both ``schema_version`` and
+``arch`` are results, so other JSON (pytest-benchmark saves, a grid manifest) can live beside them.
 """
 
 from __future__ import annotations
@@ -10,133 +10,166 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+from .atomic import write_json_atomic, write_json_temp  # noqa: F401  (the result writers' API)
 
-# Every key of a complete ("status": "ok") document.
-REQUIRED_KEYS = (
-    "schema_version", "status", "arch", "scheme", "slug", "pattern", "representation", "target_sparsity",
-    "budget", "budget_settings", "seed", "dataset", "model",
-    "accuracy", "final_loss",
-    "train_time_s", "steps", "samples", "step_time_s",
-    "inference_time_s", "inference_samples_per_s",
-    "peak_memory_bytes", "peak_memory_method",
-    "ledger", "model_size_bytes", "dense_model_size_bytes",
-    "sparsity", "realised_sparsity", "time_ratio_vs_dense", "env",
-)
-# A cell that did not run (status "skipped" / "error") still names itself; nothing else is promised.
-IDENTITY_KEYS = ("schema_version", "status", "arch", "scheme", "slug", "budget")
-
-_STR_KEYS = ("status", "arch", "scheme", "slug", "pattern", "representation", "budget", "peak_memory_method")
-_NUMBER_KEYS = (
-    "target_sparsity", "accuracy", "final_loss", "train_time_s", "step_time_s", "inference_time_s",
-    "inference_samples_per_s", "peak_memory_bytes", "model_size_bytes", "dense_model_size_bytes",
-    "time_ratio_vs_dense", "realised_sparsity",
-)
-_INT_KEYS = ("seed", "steps", "samples")
-_DICT_KEYS = ("budget_settings", "dataset", "model", "ledger", "sparsity", "env")
+KiB, MiB = 1024, 1024 * 1024  # the byte units results are shown in
+SCHEMA_VERSION = 2  # 2: env.machine (fingerprint), env.machine_class, env.kernel_variant*, ledger_bytes
 
 
-def result_path(out_dir: str | os.PathLike, arch: str, slug: str) -> Path:
-    """The default place of a cell's document: ``OUT_DIR/<arch>/<slug>.json``."""
-    return Path(out_dir) / arch / f"{slug}.json"
+def is_finite(x) -> bool:
+    """A real number (not a bool) that is finite."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _spec(kind: str, *, identity: bool = False, lo: float | None = None, hi: float | None = None,
+          positive: bool = False, optional: bool = False):
+    """A result field: its JSON kind and its physical bounds. Identity fields are required in every
+    document; the others in a complete ("ok") one, unless optional."""
+    return field(default=None, metadata={"kind": kind, "identity": identity, "lo": lo, "hi": hi,
+                                         "positive": positive, "optional": optional})
 
 
-def write_json_temp(path: str | os.PathLike, obj) -> Path:
-    """Write ``obj`` as JSON to a fsynced temp file beside ``path`` and return the temp file's path.
-
-    The temp name ends in ``.tmp`` (never ``.json``), so a scan never mistakes it for a result.
-    Half of an atomic write; ``write_json_atomic`` and the baseline update do the ``os.replace``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"  # NaN is not JSON; fail here, not in the reader
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
+_KINDS = {"str": (str,), "int": (int,), "number": (int, float), "dict": (dict,)}
 
 
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` so that readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = write_json_temp(path, obj)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+@dataclass(frozen=True)
+class Result:
+    schema_version: int = _spec("int", identity=True)
+    status: str = _spec("str", identity=True)  # "ok", "skipped" (with reason) or "error"
+    arch: str = _spec("str", identity=True)
+    scheme: str = _spec("str", identity=True)
+    slug: str = _spec("str", identity=True)
+    budget: str = _spec("str", identity=True)
+    reason: str | None = _spec("str", optional=True)  # why a cell did not run
+    pattern: str = _spec("str")
+    representation: str = _spec("str")
+    target_sparsity: float = _spec("number", lo=0, hi=1)
+    budget_settings: dict = _spec("dict")
+    seed: int = _spec("int")
+    dataset: dict = _spec("dict")
+    model: dict = _spec("dict")
+    accuracy: float = _spec("number", lo=0, hi=1)
+    final_loss: float = _spec("number", lo=0)
+    train_time_s: float = _spec("number", lo=0)
+    steps: int = _spec("int", lo=0)
+    samples: int = _spec("int", lo=0)
+    step_time_s: float = _spec("number", lo=0)
+    inference_time_s: float = _spec("number", lo=0)
+    inference_samples_per_s: float = _spec("number", lo=0)
+    peak_memory_bytes: int = _spec("number", lo=0)
+    peak_memory_method: str = _spec("str")
+    ledger: dict = _spec("dict")
+    ledger_bytes: int = _spec("number", lo=0)  # ledger["total"], flat so the gate can compare it
+    model_size_bytes: int = _spec("number", lo=0)
+    dense_model_size_bytes: int = _spec("number", lo=0)
+    sparsity: dict = _spec("dict")
+    realised_sparsity: float = _spec("number", lo=0, hi=1)
+    representations: dict = _spec("dict", optional=True)
+    kernels: dict = _spec("dict", optional=True)
+    time_ratio_vs_dense: float = _spec("number", positive=True)
+    step_times_s: dict = _spec("dict", optional=True)
+    env: dict = _spec("dict")
+
+    def __post_init__(self):
+        validate_result(asdict(self))
+
+    @classmethod
+    def skipped(cls, cell, budget: str, reason: str, status: str = "skipped") -> Result:
+        """A cell that did not run still names itself and says why."""
+        return cls(schema_version=SCHEMA_VERSION, status=status, reason=reason, arch=cell.arch,
+                   scheme=str(cell.scheme), slug=cell.scheme.slug, budget=budget)
+
+    @classmethod
+    def from_dict(cls, doc: dict, path: str | os.PathLike | None = None) -> Result:
+        validate_result(doc, path)
+        return cls(**doc)
+
+    def to_dict(self) -> dict:
+        """The JSON document: every field of an ok result; identity and reason of any other."""
+        doc = asdict(self)
+        return {k: v for k, v in doc.items() if v is not None or (self.ok and k not in _OPTIONAL)}
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def cell(self) -> str:
+        return f"{self.arch} {self.scheme}"
+
+    @property
+    def machine_class(self) -> str | None:
+        return (self.env or {}).get("machine_class")
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable on POSIX; not possible (nor needed) on every platform.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+FIELDS = {f.name: f.metadata for f in fields(Result)}
+IDENTITY_KEYS = tuple(k for k, m in FIELDS.items() if m["identity"])
+REQUIRED_KEYS = tuple(k for k, m in FIELDS.items() if not m["optional"])  # every key of an ok document
+_OPTIONAL = {k for k, m in FIELDS.items() if m["optional"]}
+ENV_KEYS = {"machine": dict, "machine_class": str, "kernel_variant": str, "threads": int, "device": str}
 
 
 def validate_result(doc: dict, path: str | os.PathLike | None = None) -> None:
-    """Raise ValueError naming the first missing or ill-typed key (and the file, if given).
-
-    Documents with ``status`` other than ``"ok"`` need only the identity keys.
-    """
+    """Raise ValueError naming the first missing, unknown, ill-typed or out-of-bounds key (and the file)."""
     where = f"result {path}" if path is not None else "result document"
     if not isinstance(doc, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(doc).__name__}")
     for key in IDENTITY_KEYS:
-        if key not in doc:
+        if doc.get(key) is None:
             raise ValueError(f"{where}: missing key {key!r}")
     if doc["schema_version"] != SCHEMA_VERSION:
         raise ValueError(f"{where}: schema_version is {doc['schema_version']!r}, this sparsebench reads "
                          f"{SCHEMA_VERSION}; rerun the cell to regenerate it")
-    keys = REQUIRED_KEYS if doc["status"] == "ok" else IDENTITY_KEYS
-    for key in keys:
-        if key not in doc:
-            raise ValueError(f"{where}: missing key {key!r}")
-        value = doc[key]
-        if key in _STR_KEYS and not isinstance(value, str):
-            raise ValueError(f"{where}: key {key!r} must be a string, got {value!r}")
-        if key in _NUMBER_KEYS and not (_is_number(value) and math.isfinite(value)):
-            raise ValueError(f"{where}: key {key!r} must be a finite number, got {value!r}")
-        if key in _INT_KEYS and not (isinstance(value, int) and not isinstance(value, bool)):
-            raise ValueError(f"{where}: key {key!r} must be a whole number, got {value!r}")
-        if key in _DICT_KEYS and not isinstance(value, dict):
-            raise ValueError(f"{where}: key {key!r} must be an object, got {value!r}")
-    if doc["status"] != "ok":
+    unknown = set(doc) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"{where}: unknown key {sorted(unknown)[0]!r} (schema {SCHEMA_VERSION})")
+    ok = doc["status"] == "ok"
+    for key, spec in FIELDS.items():
+        value = doc.get(key)
+        if value is None:
+            if ok and not spec["optional"]:
+                raise ValueError(f"{where}: missing key {key!r}")
+            continue
+        _check_value(where, key, value, spec)
+    if not ok:
         return
     for key in ("total", "dense_total"):
-        if not _is_number(doc["ledger"].get(key)):
-            raise ValueError(f"{where}: key 'ledger.{key}' must be a number, got {doc['ledger'].get(key)!r}")
+        if not (is_finite(doc["ledger"].get(key)) and doc["ledger"][key] >= 0):
+            raise ValueError(f"{where}: key 'ledger.{key}' must be a number >= 0, got {doc['ledger'].get(key)!r}")
     total = doc["sparsity"].get("total")
-    if not isinstance(total, dict) or not _is_number(total.get("realised")):
+    if not isinstance(total, dict) or not is_finite(total.get("realised")):
         raise ValueError(f"{where}: key 'sparsity.total.realised' must be a number, got {total!r}")
+    for key, kind in ENV_KEYS.items():
+        if not isinstance(doc["env"].get(key), kind):
+            raise ValueError(f"{where}: key 'env.{key}' must be a {kind.__name__}, got {doc['env'].get(key)!r}")
+
+
+def _check_value(where: str, key: str, value, spec) -> None:
+    kind = spec["kind"]
+    if not isinstance(value, _KINDS[kind]) or isinstance(value, bool):
+        raise ValueError(f"{where}: key {key!r} must be {'a whole number' if kind == 'int' else 'a ' + kind}, "
+                         f"got {value!r}")
+    if kind in ("int", "number"):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: key {key!r} must be a finite number, got {value!r}")
+        lo, hi = spec["lo"], spec["hi"]
+        if (lo is not None and value < lo) or (hi is not None and value > hi) or (spec["positive"] and value <= 0):
+            bounds = "> 0" if spec["positive"] else f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise ValueError(f"{where}: key {key!r} must be {bounds}, got {value!r}")
+
+
+def result_path(out_dir: str | os.PathLike, arch: str, slug: str) -> Path:
+    """The place of a cell's document: ``OUT_DIR/<arch>/<slug>.json`` (Cell.path for a Cell)."""
+    return Path(out_dir) / arch / f"{slug}.json"
+
+
+def write_result(out_dir: str | os.PathLike, result: Result) -> Path:
+    path = result_path(out_dir, result.arch, result.slug)
+    write_json_atomic(path, result.to_dict())
+    return path
 
 
 def result_files(results_dir: str | os.PathLike) -> list[Path]:
@@ -148,8 +181,8 @@ def result_files(results_dir: str | os.PathLike) -> list[Path]:
     return sorted(p for p in results_dir.rglob("*.json") if p.is_file())
 
 
-def read_result(path: str | os.PathLike) -> dict | None:
-    """The result document in ``path``, or None if the file is other JSON; ValueError naming the file if corrupt."""
+def read_result(path: str | os.PathLike) -> Result | None:
+    """The result in ``path``, or None if the file is other JSON; ValueError naming the file if corrupt."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -158,10 +191,28 @@ def read_result(path: str | os.PathLike) -> dict | None:
         raise ValueError(f"result {path}: cannot read it as JSON ({e}); delete it or rerun that cell") from e
     if not (isinstance(doc, dict) and "schema_version" in doc and "arch" in doc):
         return None
-    validate_result(doc, path)
-    return doc
+    return Result.from_dict(doc, path)
 
 
-def load_results(results_dir: str | os.PathLike) -> list[dict]:
-    """All result documents under ``results_dir`` (recursively), skipping JSON that is not a result."""
-    return [doc for path in result_files(results_dir) if (doc := read_result(path)) is not None]
+def scan_results(results_dir: str | os.PathLike) -> list[tuple[Path, Result | ValueError]]:
+    """Every result file under ``results_dir`` with its Result, or the ValueError that says why it is unreadable."""
+    found = []
+    for path in result_files(results_dir):
+        try:
+            result = read_result(path)
+        except ValueError as e:
+            found.append((path, e))
+            continue
+        if result is not None:
+            found.append((path, result))
+    return found
+
+
+def load_results(results_dir: str | os.PathLike) -> list[Result]:
+    """All results under ``results_dir`` (recursively), skipping JSON that is not a result; ValueError if corrupt."""
+    loaded = []
+    for _, result in scan_results(results_dir):
+        if isinstance(result, ValueError):
+            raise result
+        loaded.append(result)
+    return loaded

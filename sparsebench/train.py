@@ -1,91 +1,41 @@
 """One cell of the grid, end to end: data, model, sparsify, the fixed-budget training loop,
-evaluation, and every measurement of SPEC §2, returned as the result document."""
+evaluation, and every measurement of SPEC §2, returned as a ``Result``."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import data as datasets
+from . import timing
+from .archs import Task, get_arch
 from .budgets import Budget, Training
+from .cell import Cell
 from .ledger import memory_ledger
 from .measure import (
     environment,
-    interleaved_step_times,
     kernels_of,
     peak_memory,
     representations_of,
     saved_size,
     sparsity_report,
     sync,
-    time_ratio,
-    timed,
+    syncer,
 )
-from .models import TransformerSize, build_model, model_sizes
-from .results import SCHEMA_VERSION
+from .results import SCHEMA_VERSION, Result
 from .schemes import Scheme, parse_scheme
 from .sparsify import sparsify
 
-CIFAR_MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
-CIFAR_STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
-
-
-@dataclass
-class Task:
-    """An architecture's data, in memory on the device, and how a batch becomes model input."""
-
-    arch: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    info: dict
-
-    def inputs(self, x: torch.Tensor) -> torch.Tensor:
-        if self.arch == "cnn":  # uint8 images -> normalised floats, per batch (cheap, saves 600 MB)
-            return (x.float().div_(255) - CIFAR_MEAN.to(x.device)) / CIFAR_STD.to(x.device)
-        return x
-
-
-def load_task(arch: str, budget: Budget, device: torch.device, data_dir=None) -> Task:
-    training = budget.training(arch)
-    if arch == "cnn":
-        d = datasets.load_cifar10(data_dir, train_size=training.train_size, test_size=training.test_size)
-        info = {"name": d.name}
-    elif arch == "transformer":
-        size = budget.transformer_size
-        d = datasets.load_imdb(data_dir, vocab_size=size.vocab_size, seq_len=size.seq_len,
-                               train_size=training.train_size, test_size=training.test_size)
-        info = {"name": d.name, "vocab_size": d.vocab_size, "seq_len": d.seq_len,
-                "test_subset": "balanced: the first half of test_size rows of each label, in file order"}
-    else:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of cnn, transformer")
-    info |= {"train_size": len(d.y_train), "test_size": len(d.y_test)}
-    return Task(arch, d.x_train.to(device), d.y_train.to(device), d.x_test.to(device), d.y_test.to(device), info)
-
-
-def transformer_size(budget: Budget, task: Task) -> TransformerSize:
-    """The budget's transformer, with the vocabulary the tokenizer actually learned (fewer ids on small data)."""
-    return replace(budget.transformer_size, vocab_size=task.info.get("vocab_size", budget.transformer_size.vocab_size))
-
-
-def make_model(arch: str, scheme: Scheme, budget: Budget, seed: int, device: torch.device, task: Task) -> nn.Module:
-    """A fresh model: same seed -> same initial weights and same masks."""
-    torch.manual_seed(seed)
-    model = build_model(arch, transformer_size(budget, task)).to(device)
-    example = task.inputs(task.x_train[:budget.training(arch).batch_size])  # lets `auto` time the real shapes
-    return sparsify(model, scheme, seed=seed, example_inputs=example)
+DENSE = parse_scheme("dense")
 
 
 def make_optimizer(model: nn.Module, training: Training) -> torch.optim.Optimizer:
-    # fused: one pass over each parameter instead of a dozen elementwise kernels; on this CPU the
-    # unfused Adam step of the CNN's 4096 x 512 layer took 7.5 ms, fused 0.8 ms
+    # fused: one pass over each parameter instead of a dozen elementwise kernels per step
     return torch.optim.Adam(model.parameters(), lr=training.lr, weight_decay=training.weight_decay, fused=True)
 
 
@@ -115,93 +65,123 @@ class Batches:
         return idx
 
 
-def train_step(model, optimizer, task: Task, idx: torch.Tensor) -> torch.Tensor:
-    idx = idx.to(task.x_train.device)
+def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on a batch already in model-input form."""
     optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(task.inputs(task.x_train[idx])), task.y_train[idx])
+    loss = F.cross_entropy(model(x), y)
     loss.backward()
     optimizer.step()
     return loss.detach()
 
 
-@torch.no_grad()
-def evaluate(model, task: Task, batch_size: int) -> tuple[float, float]:
-    """Top-1 accuracy on the test set, and the wall time of predicting it."""
-    model.eval()
-    device = task.x_test.device
-    correct = torch.zeros((), dtype=torch.int64, device=device)
+@dataclass
+class Fresh:
+    """A new seeded model, its optimizer, schedule and batch order, ready to train."""
 
-    def predict_all():
-        nonlocal correct
-        for i in range(0, len(task.y_test), batch_size):
-            logits = model(task.inputs(task.x_test[i:i + batch_size]))
-            correct += (logits.argmax(1) == task.y_test[i:i + batch_size]).sum()
-
-    seconds = timed(predict_all, device)
-    model.train()
-    return int(correct) / len(task.y_test), seconds
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: object
+    batches: Batches
 
 
-def interleaved_times(arch, scheme, budget, seed, dev, task) -> tuple[list[float], list[float]]:
-    """Step times of a fresh dense and a fresh scheme model on the same batch, interleaved in this process."""
-    training = budget.training(arch)
-    dense = make_model(arch, parse_scheme("dense"), budget, seed, dev, task)
-    sparse = make_model(arch, scheme, budget, seed, dev, task)
-    dense_opt, sparse_opt = make_optimizer(dense, training), make_optimizer(sparse, training)
-    idx = Batches(len(task.y_train), training.batch_size, seed + 1).next()
-    return interleaved_step_times(lambda: train_step(dense, dense_opt, task, idx),
-                                  lambda: train_step(sparse, sparse_opt, task, idx), budget.timing_steps, dev)
+@dataclass
+class Trained:
+    """What training left: the trained model and optimizer, the losses and the loop's wall time."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    losses: torch.Tensor
+    seconds: float
+    batch_size: int
 
 
 class CellRun:
     """One cell in three phases, so a benchmark can time the training alone:
     ``fresh()`` (a new seeded model, optimizer and batch order; untimed), ``train()`` (the fixed-budget
-    loop, timed), ``measure()`` (evaluation and every other measurement; returns the document)."""
+    loop, timed), ``measure()`` (evaluation and every other measurement; returns the Result).
+    ``measure()`` reads the trained model and changes nothing, so it can be called again."""
 
-    def __init__(self, arch: str, scheme: str | Scheme, budget: Budget, seed: int = 0, data_dir=None,
-                 device: str | None = None, progress: bool = True):
-        self.arch, self.budget, self.seed, self.progress = arch, budget, seed, progress
-        self.scheme = parse_scheme(scheme) if isinstance(scheme, str) else scheme
+    def __init__(self, cell: Cell, budget: Budget, seed: int = 0, data_dir=None, device: str | None = None,
+                 progress: bool = True):
+        self.cell, self.budget, self.seed, self.progress = cell, budget, seed, progress
+        self.arch = get_arch(cell.arch)
+        self.training = self.arch.training_for(budget)
+        self.size = self.arch.size_for(budget)
         self.device = torch.device(device or ("cuda" if budget.device == "cuda" and torch.cuda.is_available()
                                               else "cpu"))
-        self.training = budget.training(arch)
-        self.task = load_task(arch, budget, self.device, data_dir)
+        self.task: Task = self.arch.load(self.training, self.size, data_dir).to(self.device)
         self.steps = self.training.total_steps(len(self.task.y_train))
-        self.model = None
+        self.ready: Fresh | None = None  # set by fresh(), used up by train()
+        self.trained: Trained | None = None  # set by train()
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = idx.to(self.device)
+        return self.arch.inputs(self.task.x_train[idx]), self.task.y_train[idx]
 
     def new_model(self, scheme: Scheme | None = None) -> nn.Module:
-        return make_model(self.arch, scheme or self.scheme, self.budget, self.seed, self.device, self.task)
+        """A fresh model: same seed -> same initial weights and same masks."""
+        torch.manual_seed(self.seed)
+        model = self.arch.build(self.size, self.task).to(self.device)
+        example = self.arch.inputs(self.task.x_train[:self.training.batch_size])  # lets `auto` time real shapes
+        return sparsify(model, scheme or self.cell.scheme, seed=self.seed, example_inputs=example)
 
     def fresh(self) -> None:
-        self.model = self.new_model()
-        self.optimizer = make_optimizer(self.model, self.training)
-        self.schedule = make_schedule(self.optimizer, self.training, None if self.budget.seconds else self.steps)
-        self.batches = Batches(len(self.task.y_train), self.training.batch_size, self.seed)
+        model = self.new_model()
+        optimizer = make_optimizer(model, self.training)
+        schedule = make_schedule(optimizer, self.training, None if self.budget.seconds else self.steps)
+        self.ready = Fresh(model, optimizer, schedule, Batches(len(self.task.y_train), self.training.batch_size,
+                                                               self.seed))
 
     def train(self) -> None:
-        if self.model is None:
+        if self.ready is None:
             raise RuntimeError("call fresh() before train(): every training run starts from a fresh seeded model")
-        model, optimizer, task, budget = self.model, self.optimizer, self.task, self.budget
-        losses = []
-        bar = tqdm(total=None if budget.seconds else self.steps, desc=f"{self.arch} {self.scheme}", unit="step",
+        run, self.ready = self.ready, None  # never train these weights again
+        budget, losses = self.budget, []
+        bar = tqdm(total=None if budget.seconds else self.steps, desc=str(self.cell), unit="step",
                    disable=not self.progress, leave=False, dynamic_ncols=True)
         sync(self.device)
         start = time.perf_counter()
         while (time.perf_counter() - start < budget.seconds) if budget.seconds else len(losses) < self.steps:
-            losses.append(train_step(model, optimizer, task, self.batches.next()))
-            if self.schedule is not None:
-                self.schedule.step()
+            losses.append(train_step(run.model, run.optimizer, *self.batch(run.batches.next())))
+            if run.schedule is not None:
+                run.schedule.step()
             if len(losses) % 10 == 0:
                 bar.set_postfix(loss=f"{float(losses[-1]):.3f}", refresh=False)
             bar.update()
         sync(self.device)
-        self.train_time = time.perf_counter() - start
+        seconds = time.perf_counter() - start
         bar.close()
-        self.losses = torch.stack(losses).float().cpu()
-        self.trained, self.model = (self.model, self.optimizer), None  # never train these weights again
-        if not torch.isfinite(self.losses).all():
-            raise FloatingPointError(f"{self.arch} {self.scheme}: training loss became non-finite "
-                                     f"at step {int((~torch.isfinite(self.losses)).nonzero()[0])}")
+        losses = torch.stack(losses).float().cpu()
+        if not torch.isfinite(losses).all():
+            raise FloatingPointError(f"{self.cell}: training loss became non-finite "
+                                     f"at step {int((~torch.isfinite(losses)).nonzero()[0])}")
+        self.trained = Trained(run.model, run.optimizer, losses, seconds, run.batches.batch_size)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> tuple[float, float]:
+        """Top-1 accuracy on the test set, and the wall time of predicting it."""
+        model.eval()
+        task, size = self.task, self.training.eval_batch_size
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+
+        def predict_all():
+            nonlocal correct
+            for i in range(0, len(task.y_test), size):
+                logits = model(self.arch.inputs(task.x_test[i:i + size]))
+                correct += (logits.argmax(1) == task.y_test[i:i + size]).sum()
+
+        seconds = timing.timed(predict_all, syncer(self.device))
+        model.train()
+        return int(correct) / len(task.y_test), seconds
+
+    def interleaved_times(self) -> tuple[list[float], list[float]]:
+        """Step times of a fresh dense and a fresh scheme model on the same batch, interleaved in this process."""
+        dense, sparse = self.new_model(DENSE), self.new_model()
+        dense_opt, sparse_opt = make_optimizer(dense, self.training), make_optimizer(sparse, self.training)
+        x, y = self.batch(Batches(len(self.task.y_train), self.training.batch_size, self.seed + 1).next())
+        return timing.interleaved(lambda: train_step(dense, dense_opt, x, y),
+                                  lambda: train_step(sparse, sparse_opt, x, y), self.budget.timing_steps,
+                                  syncer(self.device))
 
     def memory_pass(self) -> None:
         """A short training pass that allocates its own model and optimizer (for the peak-memory tracker)."""
@@ -209,66 +189,47 @@ class CellRun:
         optimizer = make_optimizer(model, self.training)
         batches = Batches(len(self.task.y_train), self.training.batch_size, self.seed)
         for _ in range(self.budget.memory_steps):
-            train_step(model, optimizer, self.task, batches.next())
+            train_step(model, optimizer, *self.batch(batches.next()))
 
-    def measure(self) -> dict:
-        arch, scheme, budget, task, training = self.arch, self.scheme, self.budget, self.task, self.training
-        model, optimizer = self.trained
-        accuracy, inference_time = evaluate(model, task, training.eval_batch_size)
-        ledger = memory_ledger(model, optimizer)
-        sparsity = sparsity_report(model)
-        representations = representations_of(model)
-        layer_kernels = kernels_of(model)
-        model_size = saved_size(model)
-        sizes = model_sizes(arch, model, transformer_size(budget, task))
-        dense_model_size = saved_size(self.new_model(parse_scheme("dense")))
-        del self.trained, model, optimizer
-        dense_times, scheme_times = interleaved_times(arch, scheme, budget, self.seed, self.device, task)
+    def measure(self) -> Result:
+        if self.trained is None:
+            raise RuntimeError("call train() before measure()")
+        cell, budget, task, trained = self.cell, self.budget, self.task, self.trained
+        accuracy, inference_time = self.evaluate(trained.model)
+        ledger = memory_ledger(trained.model, trained.optimizer)
+        sparsity = sparsity_report(trained.model)
+        dense_times, scheme_times = self.interleaved_times()
         peak, peak_method = peak_memory(self.memory_pass, self.device)
-        steps, losses = len(self.losses), self.losses
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "status": "ok",
-            "arch": arch,
-            "scheme": str(scheme),
-            "slug": scheme.slug,
-            "pattern": scheme.pattern,
-            "representation": scheme.representation,
-            "target_sparsity": scheme.target_sparsity,
-            "budget": budget.name,
-            "budget_settings": budget.settings() | {"arch_steps": self.steps},
-            "seed": self.seed,
-            "dataset": task.info,
-            "model": sizes,
-            "accuracy": accuracy,
-            "final_loss": float(losses[-20:].mean()),  # mean of the last 20 steps: one batch is noisy
-            "train_time_s": self.train_time,
-            "steps": steps,
-            "samples": steps * self.batches.batch_size,
-            "step_time_s": self.train_time / steps,
-            "inference_time_s": inference_time,
-            "inference_samples_per_s": len(task.y_test) / inference_time,
-            "peak_memory_bytes": peak,
-            "peak_memory_method": peak_method,
-            "ledger": ledger,
-            "model_size_bytes": model_size,
-            "dense_model_size_bytes": dense_model_size,
-            "sparsity": sparsity,
-            "realised_sparsity": sparsity["total"]["realised"],
-            "representations": representations,
-            "kernels": layer_kernels,
-            "time_ratio_vs_dense": time_ratio(dense_times, scheme_times),
-            "step_times_s": {"dense": dense_times, "scheme": scheme_times,
-                             "dense_median": statistics.median(dense_times),
-                             "scheme_median": statistics.median(scheme_times)},
-            "env": environment(self.device),
-        }
+        steps = len(trained.losses)
+        return Result(
+            schema_version=SCHEMA_VERSION, status="ok",
+            arch=cell.arch, scheme=str(cell.scheme), slug=cell.scheme.slug, budget=budget.name,
+            pattern=cell.scheme.pattern, representation=cell.scheme.representation,
+            target_sparsity=cell.scheme.target_sparsity,
+            budget_settings=budget.settings() | {"arch_training": asdict(self.training), "arch_steps": self.steps},
+            seed=self.seed, dataset=task.info, model=self.arch.describe(trained.model, self.size),
+            accuracy=accuracy,
+            final_loss=float(trained.losses[-20:].mean()),  # mean of the last 20 steps: one batch is noisy
+            train_time_s=trained.seconds, steps=steps, samples=steps * trained.batch_size,
+            step_time_s=trained.seconds / steps,
+            inference_time_s=inference_time, inference_samples_per_s=len(task.y_test) / inference_time,
+            peak_memory_bytes=peak, peak_memory_method=peak_method,
+            ledger=ledger, ledger_bytes=ledger["total"],
+            model_size_bytes=saved_size(trained.model), dense_model_size_bytes=saved_size(self.new_model(DENSE)),
+            sparsity=sparsity, realised_sparsity=sparsity["total"]["realised"],
+            representations=representations_of(trained.model), kernels=kernels_of(trained.model),
+            time_ratio_vs_dense=timing.time_ratio(dense_times, scheme_times),
+            step_times_s={"dense": dense_times, "scheme": scheme_times,
+                          "dense_median": statistics.median(dense_times),
+                          "scheme_median": statistics.median(scheme_times)},
+            env=environment(self.device),
+        )
 
 
-def run_cell(arch: str, scheme: str | Scheme, budget: Budget, seed: int = 0, data_dir=None,
-             device: str | None = None, progress: bool = True) -> dict:
-    """Train one cell under ``budget`` and measure it; returns the result document (SPEC §2)."""
-    cell = CellRun(arch, scheme, budget, seed, data_dir, device, progress)
-    cell.fresh()
-    cell.train()
-    return cell.measure()
+def run_cell(cell: Cell, budget: Budget, seed: int = 0, data_dir=None, device: str | None = None,
+             progress: bool = True) -> Result:
+    """Train one cell under ``budget`` and measure it (SPEC §2)."""
+    run = CellRun(cell, budget, seed, data_dir, device, progress)
+    run.fresh()
+    run.train()
+    return run.measure()

@@ -82,7 +82,7 @@ def isolated(monkeypatch, tmp_path):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     for var in (data.DATA_ENV, data.HUB_ENV):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "default-cache"))
+    monkeypatch.setenv("SPARSEBENCH_CACHE_DIR", str(tmp_path / "default-cache"))
 
 
 def forbid_loading(monkeypatch):

@@ -1,0 +1,128 @@
+"""The architecture registry: everything the harness needs to know about an architecture, in one entry.
+
+An entry names its dataset loader, its model builder, how a stored batch becomes model input, and
+what each budget gives it (training settings and model size). Adding an architecture is one entry
+in ``ARCHS``; nothing else in the harness tests an architecture's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import data as datasets
+from .budgets import Budget, Training
+from .models import CNN, REFERENCE_TRANSFORMER, Transformer, TransformerSize
+
+CIFAR_MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+CIFAR_STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+
+
+@dataclass
+class Task:
+    """An architecture's data in memory on the device; ``info`` is what the result records about it."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    info: dict
+
+    def to(self, device: torch.device) -> Task:
+        return Task(self.x_train.to(device), self.y_train.to(device), self.x_test.to(device),
+                    self.y_test.to(device), self.info)
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    load: Callable[[Training, Any, Any], Task]  # (training, model size, data_dir) -> Task
+    build: Callable[[Any, Task], nn.Module]  # (model size, task) -> a fresh model
+    inputs: Callable[[torch.Tensor], torch.Tensor]  # a stored batch -> model input
+    training: Mapping[str, Training]  # budget name -> training settings
+    size: Mapping[str, Any] = field(default_factory=dict)  # budget name -> model size (missing: reference)
+    reference_size: Any = None
+
+    def training_for(self, budget: Budget) -> Training:
+        """The budget's own override for this arch (custom budgets), else the registry's entry."""
+        if self.name in budget.training:
+            return budget.training[self.name]
+        if budget.name not in self.training:
+            raise ValueError(f"architecture {self.name!r} has no training settings for budget {budget.name!r}")
+        return self.training[budget.name]
+
+    def size_for(self, budget: Budget) -> Any:
+        return self.size.get(budget.name, self.reference_size)
+
+    def describe(self, model: nn.Module, size: Any) -> dict:
+        """What the result records about the model: its size settings and parameter count."""
+        described = asdict(size) if is_dataclass(size) else dict(size or {})
+        return described | {"parameters": sum(p.numel() for p in model.parameters())}
+
+
+# --- cnn on CIFAR-10 ----------------------------------------------------------------------------------------
+
+def _cifar_inputs(x: torch.Tensor) -> torch.Tensor:
+    # uint8 images -> normalised floats, per batch: the dataset stays a quarter of the float size
+    return (x.float().div_(255) - CIFAR_MEAN.to(x.device)) / CIFAR_STD.to(x.device)
+
+
+def _load_cifar(training: Training, size, data_dir) -> Task:
+    d = datasets.load_cifar10(data_dir, train_size=training.train_size, test_size=training.test_size)
+    return Task(d.x_train, d.y_train, d.x_test, d.y_test,
+                {"name": d.name, "train_size": len(d.y_train), "test_size": len(d.y_test)})
+
+
+CNN_SIZE = {"conv_filters": [64, 128, 256], "fc": [4096, 512, 10]}  # the reference sizes, in every budget
+
+
+# --- transformer on IMDB ------------------------------------------------------------------------------------
+
+def _load_imdb(training: Training, size: TransformerSize, data_dir) -> Task:
+    d = datasets.load_imdb(data_dir, vocab_size=size.vocab_size, seq_len=size.seq_len,
+                           train_size=training.train_size, test_size=training.test_size)
+    return Task(d.x_train, d.y_train, d.x_test, d.y_test,
+                {"name": d.name, "vocab_size": d.vocab_size, "seq_len": d.seq_len,
+                 "test_subset": "balanced: the first half of test_size rows of each label, in file order",
+                 "train_size": len(d.y_train), "test_size": len(d.y_test)})
+
+
+def _build_transformer(size: TransformerSize, task: Task) -> nn.Module:
+    # the vocabulary the tokenizer actually learned (fewer ids on small data)
+    return Transformer(replace(size, vocab_size=task.info.get("vocab_size", size.vocab_size)))
+
+
+ARCHS: dict[str, Arch] = {
+    "cnn": Arch(
+        "cnn", load=_load_cifar, build=lambda size, task: CNN(), inputs=_cifar_inputs, reference_size=CNN_SIZE,
+        training={
+            "smoke": Training(steps=3, batch_size=16, train_size=256, test_size=64, eval_batch_size=64),
+            "ci": Training(steps=600, batch_size=32, lr=2e-3, schedule="onecycle", eval_batch_size=100),
+            "full": Training(epochs=50, batch_size=64, lr=1e-3),
+        },
+    ),
+    "transformer": Arch(
+        "transformer", load=_load_imdb, build=_build_transformer, inputs=lambda x: x,
+        reference_size=REFERENCE_TRANSFORMER,
+        training={
+            "smoke": Training(steps=3, batch_size=8, train_size=256, test_size=64, eval_batch_size=64),
+            "ci": Training(steps=400, batch_size=32, lr=2e-3, schedule="onecycle", test_size=2000,
+                           eval_batch_size=250),
+            "full": Training(epochs=50, batch_size=64, lr=1e-3),
+        },
+        size={
+            "smoke": TransformerSize(layers=1, heads=2, d_model=32, d_ff=64, seq_len=32, vocab_size=512),
+            "ci": TransformerSize(layers=2, heads=4, d_model=64, d_ff=256, seq_len=128, vocab_size=8192),
+        },
+    ),
+}
+
+
+def get_arch(name: str) -> Arch:
+    if name not in ARCHS:
+        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHS)}")
+    return ARCHS[name]
