@@ -1,4 +1,9 @@
-"""Sparsity patterns: a registry from a pattern's name to the function that makes its mask.
+"""Sparsity patterns: small immutable values, each owning its string syntax and its mask.
+
+``PATTERNS`` maps a pattern's name to its class. A class parses its parameters
+(``Block.parse(["4x4", "0.5"], text)``), prints its canonical string (``block:4x4:0.5``) and its
+file-safe slug (``block4x4-0.5``), states its target sparsity, checks that it fits a layer, and
+makes the layer's mask. Nothing else in the tree learns a pattern's name.
 
 A mask is a bool tensor of the weight's shape, True = weight kept. A weight of more than two
 dimensions (a conv kernel) is seen as the matrix ``(out, in * kh * kw)``.
@@ -7,19 +12,22 @@ Rounding rule (the one rule used everywhere): of ``n`` units (weights, or blocks
 ``n_zero = min(floor(S * n + 0.5), n - 1)`` are zeroed: S*n rounded half up, but never every
 unit, so no layer is cut off entirely. ``nm`` needs no rounding: exactly N of every M are kept.
 
-Adding a pattern: write ``make_<name>(weight2d, scheme, generator) -> mask2d``, and add one
-``Pattern`` entry to ``PATTERNS``.
+torch is imported inside the mask makers only, so a scheme string can be parsed and validated
+without it (``schemes`` imports this module; this module imports nothing from sparsebench).
+
+Adding a pattern: one frozen dataclass below with ``name``, ``syntax``, ``parse``, ``__str__``,
+``slug``, ``target_sparsity`` and ``make`` (``check_shape`` if it does not fit every shape), and
+one entry in ``PATTERNS``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-
-from .schemes import Scheme, parse_scheme
+if TYPE_CHECKING:
+    import torch
 
 
 def n_zeroed(sparsity: float, n: int) -> int:
@@ -34,99 +42,245 @@ def as_matrix(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(weight.shape[0], -1)
 
 
+def fmt(x: float) -> str:
+    """Shortest text that reads back as the same float: 0.5 -> '0.5', 0.0 -> '0'."""
+    text = repr(float(x))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def parse_sparsity(text: str, scheme: str) -> float:
+    try:
+        s = float(text)
+    except ValueError:
+        raise ValueError(f"scheme {scheme!r}: sparsity {text!r} is not a number; write e.g. 0.5") from None
+    if not (0.0 <= s < 1.0) or math.isnan(s):
+        raise ValueError(f"scheme {scheme!r}: sparsity {s} is outside [0, 1); "
+                         "give the fraction of weights to zero, e.g. 0.9")
+    return s
+
+
+def parse_count(text: str, what: str, scheme: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"scheme {scheme!r}: {what} {text!r} must be a positive whole number")
+    return int(text)
+
+
 def _keep_largest(scores: torch.Tensor, n_zero: int) -> torch.Tensor:
     """Bool mask of ``scores``' shape keeping all but the ``n_zero`` smallest (ties: lower index zeroed first)."""
+    import torch
+
     flat = scores.reshape(-1)
     mask = torch.ones(flat.numel(), dtype=torch.bool, device=scores.device)
     if n_zero:
-        # stable sort makes ties deterministic
-        order = torch.sort(flat.float(), stable=True).indices
+        order = torch.sort(flat.float(), stable=True).indices  # stable: ties are deterministic
         mask[order[:n_zero]] = False
     return mask.reshape(scores.shape)
 
 
-def make_dense(w: torch.Tensor, scheme: Scheme, gen: torch.Generator) -> torch.Tensor:
-    return torch.ones(w.shape, dtype=torch.bool, device=w.device)
+@dataclass(frozen=True)
+class Dense:
+    """No sparsity: the reference."""
 
+    name: ClassVar[str] = "dense"
+    syntax: ClassVar[str] = "dense"
+    sparse: ClassVar[bool] = False  # nothing to prune: sparsify leaves the model as it is
 
-def make_random(w: torch.Tensor, scheme: Scheme, gen: torch.Generator) -> torch.Tensor:
-    scores = torch.rand(w.shape, generator=gen)  # uniform: every weight equally likely to go
-    return _keep_largest(scores, n_zeroed(scheme.sparsity, w.numel())).to(w.device)
+    @classmethod
+    def parse(cls, params: list[str], text: str) -> Dense:
+        return cls()
 
+    def __str__(self) -> str:
+        return "dense"
 
-def make_magnitude(w: torch.Tensor, scheme: Scheme, gen: torch.Generator) -> torch.Tensor:
-    return _keep_largest(w.detach().abs(), n_zeroed(scheme.sparsity, w.numel()))
+    @property
+    def slug(self) -> str:
+        return "dense"
 
+    @property
+    def target_sparsity(self) -> float:
+        return 0.0
 
-def make_block(w: torch.Tensor, scheme: Scheme, gen: torch.Generator) -> torch.Tensor:
-    """Blocks with the smallest L1 norm are zeroed (magnitude pruning at block granularity)."""
-    r, c = scheme.block
-    rows, cols = w.shape
-    norms = w.detach().abs().reshape(rows // r, r, cols // c, c).sum(dim=(1, 3))
-    keep_blocks = _keep_largest(norms, n_zeroed(scheme.sparsity, norms.numel()))
-    return keep_blocks.repeat_interleave(r, dim=0).repeat_interleave(c, dim=1)
+    def check_shape(self, shape2d: tuple[int, int], layer: str) -> None:
+        pass
 
-
-def make_nm(w: torch.Tensor, scheme: Scheme, gen: torch.Generator) -> torch.Tensor:
-    """In each group of M consecutive weights along the input dimension, keep the N largest."""
-    n, m = scheme.nm
-    rows, cols = w.shape
-    groups = w.detach().abs().reshape(rows, cols // m, m)
-    top = torch.topk(groups, n, dim=-1).indices
-    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, top, True)
-    return mask.reshape(rows, cols)
-
-
-def _check_block(scheme: Scheme, shape: tuple[int, int], layer: str) -> None:
-    r, c = scheme.block
-    if shape[0] % r or shape[1] % c:
-        raise ValueError(
-            f"layer {layer!r}: block {r}x{c} does not tile its {shape[0]}x{shape[1]} weight matrix; "
-            f"choose a block whose rows divide {shape[0]} and whose cols divide {shape[1]}, "
-            f"or leave this layer dense (sparsify(..., skip=[{layer!r}]))"
-        )
-
-
-def _check_nm(scheme: Scheme, shape: tuple[int, int], layer: str) -> None:
-    n, m = scheme.nm
-    if shape[1] % m:
-        raise ValueError(
-            f"layer {layer!r}: N:M groups of M={m} do not divide its input dimension {shape[1]}; "
-            f"choose an M that divides {shape[1]} (e.g. nm:2:4), or leave this layer dense"
-        )
-
-
-def _no_check(scheme: Scheme, shape: tuple[int, int], layer: str) -> None:
-    pass
+    def make(self, w2d: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return _keep_largest(w2d.detach(), 0)
 
 
 @dataclass(frozen=True)
-class Pattern:
-    name: str
-    syntax: str  # how it is written in a scheme string
-    n_params: int  # how many ':'-separated parameters follow the name
-    make: Callable[[torch.Tensor, Scheme, torch.Generator], torch.Tensor]
-    check_shape: Callable[[Scheme, tuple[int, int], str], None] = _no_check
+class Random:
+    """Unstructured: a fraction ``sparsity`` of the weights zeroed, chosen uniformly from the seed."""
+
+    sparsity: float
+    name: ClassVar[str] = "random"
+    syntax: ClassVar[str] = "random:S"
+    sparse: ClassVar[bool] = True
+
+    @classmethod
+    def parse(cls, params: list[str], text: str) -> Random:
+        return cls(parse_sparsity(params[0], text))
+
+    def __str__(self) -> str:
+        return f"{self.name}:{fmt(self.sparsity)}"
+
+    @property
+    def slug(self) -> str:
+        return f"{self.name}-{fmt(self.sparsity)}"
+
+    @property
+    def target_sparsity(self) -> float:
+        return float(self.sparsity)
+
+    def check_shape(self, shape2d: tuple[int, int], layer: str) -> None:
+        pass
+
+    def make(self, w2d: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        import torch
+
+        scores = torch.rand(w2d.shape, generator=gen)  # uniform: every weight equally likely to go
+        return _keep_largest(scores, n_zeroed(self.sparsity, w2d.numel())).to(w2d.device)
 
 
-PATTERNS: dict[str, Pattern] = {
-    "dense": Pattern("dense", "dense", 0, make_dense),
-    "random": Pattern("random", "random:S", 1, make_random),
-    "magnitude": Pattern("magnitude", "magnitude:S", 1, make_magnitude),
-    "block": Pattern("block", "block:RxC:S", 2, make_block, _check_block),
-    "nm": Pattern("nm", "nm:N:M", 2, make_nm, _check_nm),
-}
+@dataclass(frozen=True)
+class Magnitude(Random):
+    """Unstructured: the fraction ``sparsity`` of smallest-magnitude weights zeroed."""
+
+    name: ClassVar[str] = "magnitude"
+    syntax: ClassVar[str] = "magnitude:S"
+
+    def make(self, w2d: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return _keep_largest(w2d.detach().abs(), n_zeroed(self.sparsity, w2d.numel()))
 
 
-def make_mask(weight: torch.Tensor, pattern: Scheme | str, seed: int = 0, layer: str = "weight") -> torch.Tensor:
-    """Bool mask of ``weight``'s shape (True = kept) for ``pattern`` (a Scheme or scheme string).
+@dataclass(frozen=True)
+class Block:
+    """RxC blocks, each all kept or all zero; the fraction ``sparsity`` of blocks with the
+    smallest L1 norm is zeroed (magnitude pruning at block granularity)."""
+
+    rows: int
+    cols: int
+    sparsity: float
+    name: ClassVar[str] = "block"
+    syntax: ClassVar[str] = "block:RxC:S"
+    sparse: ClassVar[bool] = True
+
+    @classmethod
+    def parse(cls, params: list[str], text: str) -> Block:
+        dims = params[0].lower().split("x")
+        if len(dims) != 2:
+            raise ValueError(f"scheme {text!r}: block size {params[0]!r} must be RxC, e.g. 4x4 "
+                             f"(pattern is written {cls.syntax!r})")
+        return cls(parse_count(dims[0], "block rows", text), parse_count(dims[1], "block cols", text),
+                   parse_sparsity(params[1], text))
+
+    @property
+    def block(self) -> tuple[int, int]:
+        return (self.rows, self.cols)
+
+    def __str__(self) -> str:
+        return f"block:{self.rows}x{self.cols}:{fmt(self.sparsity)}"
+
+    @property
+    def slug(self) -> str:
+        return f"block{self.rows}x{self.cols}-{fmt(self.sparsity)}"
+
+    @property
+    def target_sparsity(self) -> float:
+        return float(self.sparsity)
+
+    def check_shape(self, shape2d: tuple[int, int], layer: str) -> None:
+        r, c = self.block
+        if shape2d[0] % r or shape2d[1] % c:
+            raise ValueError(
+                f"layer {layer!r}: block {r}x{c} does not tile its {shape2d[0]}x{shape2d[1]} weight matrix; "
+                f"choose a block whose rows divide {shape2d[0]} and whose cols divide {shape2d[1]}, "
+                f"or leave this layer dense (sparsify(..., keep_dense=[{layer!r}, ...]))"
+            )
+
+    def make(self, w2d: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        r, c = self.block
+        rows, cols = w2d.shape
+        norms = w2d.detach().abs().reshape(rows // r, r, cols // c, c).sum(dim=(1, 3))
+        keep_blocks = _keep_largest(norms, n_zeroed(self.sparsity, norms.numel()))
+        return keep_blocks.repeat_interleave(r, dim=0).repeat_interleave(c, dim=1)
+
+
+@dataclass(frozen=True)
+class NM:
+    """In every group of M consecutive weights along the input dimension, the N largest are kept."""
+
+    n: int
+    m: int
+    name: ClassVar[str] = "nm"
+    syntax: ClassVar[str] = "nm:N:M"
+    sparse: ClassVar[bool] = True
+
+    @classmethod
+    def parse(cls, params: list[str], text: str) -> NM:
+        n, m = parse_count(params[0], "N", text), parse_count(params[1], "M", text)
+        if n > m:
+            raise ValueError(f"scheme {text!r}: N={n} > M={m}; N weights are kept out of every M, "
+                             "so N must be at most M (e.g. nm:2:4)")
+        return cls(n, m)
+
+    @property
+    def nm(self) -> tuple[int, int]:
+        return (self.n, self.m)
+
+    def __str__(self) -> str:
+        return f"nm:{self.n}:{self.m}"
+
+    @property
+    def slug(self) -> str:
+        return f"nm{self.n}of{self.m}"
+
+    @property
+    def target_sparsity(self) -> float:
+        return 1.0 - self.n / self.m
+
+    def check_shape(self, shape2d: tuple[int, int], layer: str) -> None:
+        if shape2d[1] % self.m:
+            raise ValueError(
+                f"layer {layer!r}: N:M groups of M={self.m} do not divide its input dimension {shape2d[1]}; "
+                f"choose an M that divides {shape2d[1]} (e.g. nm:2:4), "
+                f"or leave this layer dense (sparsify(..., keep_dense=[{layer!r}, ...]))"
+            )
+
+    def make(self, w2d: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        rows, cols = w2d.shape
+        groups = w2d.detach().abs().reshape(rows, cols // self.m, self.m)
+        top = groups.topk(self.n, dim=-1).indices
+        return groups.new_zeros(groups.shape).bool().scatter_(-1, top, True).reshape(rows, cols)
+
+
+PATTERNS: dict[str, type] = {cls.name: cls for cls in (Dense, Random, Magnitude, Block, NM)}
+
+
+def parse_pattern(body: str, text: str | None = None):
+    """The pattern value written ``body`` (``block:4x4:0.5``); ``text`` is the whole scheme, for messages."""
+    text = body if text is None else text
+    name, *params = body.split(":")
+    if name not in PATTERNS:
+        raise ValueError(f"scheme {text!r}: unknown pattern {name!r}; choose one of {', '.join(sorted(PATTERNS))}")
+    cls = PATTERNS[name]
+    if len(params) != cls.syntax.count(":"):
+        raise ValueError(f"scheme {text!r}: pattern {name!r} is written {cls.syntax!r}")
+    return cls.parse(params, text)
+
+
+def make_mask(weight: torch.Tensor, pattern, seed: int = 0, layer: str = "weight") -> torch.Tensor:
+    """Bool mask of ``weight``'s shape (True = kept) for ``pattern``: a Scheme, a pattern value, or
+    a scheme string (its ``@representation`` does not change the mask).
 
     ``seed`` only matters for ``random``; the others are deterministic functions of the weight.
     Raises ValueError naming ``layer`` if the pattern does not fit the weight's shape.
     """
-    scheme = parse_scheme(pattern) if isinstance(pattern, str) else pattern
+    import torch
+
+    if isinstance(pattern, str):
+        pattern = parse_pattern(pattern.strip().partition("@")[0], pattern)
+    spec = getattr(pattern, "spec", pattern)  # a Scheme carries its pattern value as .spec
     w2d = as_matrix(weight)
-    spec = PATTERNS[scheme.pattern]
-    spec.check_shape(scheme, tuple(w2d.shape), layer)
+    spec.check_shape(tuple(w2d.shape), layer)
     gen = torch.Generator().manual_seed(int(seed))
-    return spec.make(w2d, scheme, gen).reshape(weight.shape)
+    return spec.make(w2d, gen).reshape(weight.shape)

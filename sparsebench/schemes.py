@@ -1,124 +1,133 @@
-"""The Scheme value: a sparsity pattern, its parameters and a representation.
+"""The Scheme value: a sparsity pattern (with its parameters) and a representation.
 
 Syntax: ``PATTERN[:PARAMS]*[@REPRESENTATION]``, e.g. ``dense``, ``random:0.5``,
 ``magnitude:0.9@csr``, ``block:4x4:0.5@bsr``, ``nm:2:4@semi``. The representation defaults
 to ``masked``. ``str(scheme)`` gives the canonical string back; ``scheme.slug`` is a
-file- and pytest-id-safe form (``block4x4-0.5-bsr``).
+file- and pytest-id-safe form (``block4x4-0.5-bsr``). Each pattern's syntax lives with the
+pattern (``patterns.PATTERNS``); which representation can store which scheme is ``STORES`` below.
+
+A Scheme is valid by construction, and validating one needs neither torch nor any representation
+module: what a representation can store is decided from the scheme alone (what it can run on this
+machine, for this layer, is the representation's ``check_layer``).
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from .patterns import parse_pattern
 
 DEFAULT_REPRESENTATION = "masked"
 
 
+def _square_blocks(scheme: Scheme) -> str | None:
+    r, c = scheme.block
+    if r != c:
+        return (f"torch's CPU BSR kernels (MKL) take only square blocks, not {r}x{c}; use a square block such as "
+                f"{max(r, c)}x{max(r, c)}, or '{scheme.with_representation('csr')}'")
+    return None
+
+
+def _two_of_four(scheme: Scheme) -> str | None:
+    if scheme.nm != (2, 4):
+        return "semi stores only 2:4 sparsity; write 'nm:2:4@semi'"
+    return None
+
+
+@dataclass(frozen=True)
+class Stores:
+    """What one representation can store, from the scheme alone."""
+
+    patterns: frozenset[str] | None = None  # pattern names it stores; None = every sparse pattern
+    dense: bool = False  # whether it also stores the dense pattern (only `masked`, the reference)
+    rule: Callable[[Scheme], str | None] | None = None  # a further limit: why it refuses, and the fix
+
+    def refusal(self, scheme: Scheme) -> str | None:
+        """Why this representation cannot store ``scheme`` (with the fix), or None if it can."""
+        if not scheme.spec.sparse:
+            return None if self.dense else "a dense weight has nothing to store sparsely; write 'dense'"
+        if self.patterns is not None and scheme.pattern not in self.patterns:
+            return (f"representation {scheme.representation!r} stores only {', '.join(sorted(self.patterns))} "
+                    f"patterns; use '{scheme.with_representation('csr')}' or "
+                    f"'{scheme.with_representation('masked')}' instead")
+        return self.rule(scheme) if self.rule else None
+
+
+# Every representation name a scheme may carry. The keys match representations.REPRESENTATIONS,
+# plus `auto`: a selection policy (sparsify picks, per layer, the fastest representation that can
+# store the scheme there), not a storage of its own.
+STORES: dict[str, Stores] = {
+    "masked": Stores(dense=True),
+    "csr": Stores(),
+    "bsr": Stores(frozenset({"block"}), rule=_square_blocks),
+    "bsr_cpp": Stores(frozenset({"block"})),  # its own kernels: any block shape
+    "semi": Stores(frozenset({"nm"}), rule=_two_of_four),
+    "auto": Stores(),
+}
+
+
 @dataclass(frozen=True)
 class Scheme:
-    pattern: str  # a key of patterns.PATTERNS
-    sparsity: float | None = None  # fraction zeroed, for random / magnitude / block
-    block: tuple[int, int] | None = None  # (rows, cols), for block
-    nm: tuple[int, int] | None = None  # (n kept, m group), for nm
+    spec: object  # the pattern value, e.g. patterns.Block(4, 4, 0.5)
     representation: str = DEFAULT_REPRESENTATION
 
+    def __post_init__(self):
+        stores = STORES.get(self.representation)
+        if stores is None:
+            raise ValueError(f"scheme '{self}': unknown representation {self.representation!r}; "
+                             f"choose one of {', '.join(sorted(STORES))}")
+        why = stores.refusal(self)
+        if why:
+            raise ValueError(f"scheme '{self}': {why}")
+
     def __str__(self) -> str:
-        if self.pattern == "dense":
-            body = "dense"
-        elif self.pattern == "block":
-            body = f"block:{self.block[0]}x{self.block[1]}:{_fmt(self.sparsity)}"
-        elif self.pattern == "nm":
-            body = f"nm:{self.nm[0]}:{self.nm[1]}"
-        else:
-            body = f"{self.pattern}:{_fmt(self.sparsity)}"
         if self.representation == DEFAULT_REPRESENTATION:
-            return body
-        return f"{body}@{self.representation}"
+            return str(self.spec)
+        return f"{self.spec}@{self.representation}"
+
+    @property
+    def pattern(self) -> str:
+        """The pattern's name, a key of ``patterns.PATTERNS``."""
+        return self.spec.name
 
     @property
     def slug(self) -> str:
         """File-safe id: ``dense``, ``random-0.5-csr``, ``block4x4-0.5-bsr``, ``nm2of4-masked``."""
-        if self.pattern == "dense":
-            return "dense" if self.representation == DEFAULT_REPRESENTATION else f"dense-{self.representation}"
-        if self.pattern == "block":
-            head = f"block{self.block[0]}x{self.block[1]}-{_fmt(self.sparsity)}"
-        elif self.pattern == "nm":
-            head = f"nm{self.nm[0]}of{self.nm[1]}"
-        else:
-            head = f"{self.pattern}-{_fmt(self.sparsity)}"
-        return f"{head}-{self.representation}"
+        if not self.spec.sparse and self.representation == DEFAULT_REPRESENTATION:
+            return self.spec.slug
+        return f"{self.spec.slug}-{self.representation}"
 
     @property
     def target_sparsity(self) -> float:
         """The fraction of weights the pattern aims to zero in each pruned layer."""
-        if self.pattern == "dense":
-            return 0.0
-        if self.pattern == "nm":
-            return 1.0 - self.nm[0] / self.nm[1]
-        return float(self.sparsity)
+        return self.spec.target_sparsity
+
+    # the pattern's parameters, where it has them (None otherwise)
+    @property
+    def sparsity(self) -> float | None:
+        return getattr(self.spec, "sparsity", None)
+
+    @property
+    def block(self) -> tuple[int, int] | None:
+        return getattr(self.spec, "block", None)
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        return getattr(self.spec, "nm", None)
 
     def with_representation(self, representation: str) -> Scheme:
-        return Scheme(self.pattern, self.sparsity, self.block, self.nm, representation)
+        """The same pattern in another representation (ValueError if that one cannot store it)."""
+        return Scheme(self.spec, representation)
 
 
-def _fmt(x: float) -> str:
-    """Shortest text that reads back as the same float: 0.5 -> '0.5', 0.0 -> '0'."""
-    text = repr(float(x))
-    return text[:-2] if text.endswith(".0") else text
-
-
-def _sparsity(text: str, scheme: str) -> float:
-    try:
-        s = float(text)
-    except ValueError:
-        raise ValueError(f"scheme {scheme!r}: sparsity {text!r} is not a number; write e.g. 0.5") from None
-    if not (0.0 <= s < 1.0) or math.isnan(s):
-        raise ValueError(f"scheme {scheme!r}: sparsity {s} is outside [0, 1); "
-                         "give the fraction of weights to zero, e.g. 0.9")
-    return s
-
-
-def _int(text: str, what: str, scheme: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"scheme {scheme!r}: {what} {text!r} must be a positive whole number")
-    return int(text)
-
-
-def parse_scheme(text: str) -> Scheme:
-    """Parse ``PATTERN[:PARAMS][@REPRESENTATION]`` into a Scheme; ValueError names what is wrong."""
-    from .patterns import PATTERNS  # late: patterns import this module
-    from .representations import REPRESENTATIONS
-
+def parse_scheme(text: str | Scheme) -> Scheme:
+    """Parse ``PATTERN[:PARAMS][@REPRESENTATION]`` into a Scheme; ValueError names what is wrong.
+    A Scheme is returned as it is."""
+    if isinstance(text, Scheme):
+        return text
     if not isinstance(text, str) or not text.strip():
         raise ValueError("empty scheme; write e.g. 'dense', 'random:0.5', 'block:4x4:0.5@bsr', 'nm:2:4'")
     text = text.strip()
-    body, _, rep = text.partition("@")
-    rep = rep or DEFAULT_REPRESENTATION
-    if rep not in REPRESENTATIONS:
-        raise ValueError(f"scheme {text!r}: unknown representation {rep!r}; "
-                         f"choose one of {', '.join(sorted(REPRESENTATIONS))}")
-    name, *params = body.split(":")
-    if name not in PATTERNS:
-        raise ValueError(f"scheme {text!r}: unknown pattern {name!r}; choose one of {', '.join(sorted(PATTERNS))}")
-    usage = PATTERNS[name].syntax
-    if len(params) != PATTERNS[name].n_params:
-        raise ValueError(f"scheme {text!r}: pattern {name!r} is written {usage!r}")
-    if name == "dense":
-        scheme = Scheme("dense", representation=rep)
-    elif name == "block":
-        dims = params[0].lower().split("x")
-        if len(dims) != 2:
-            raise ValueError(f"scheme {text!r}: block size {params[0]!r} must be RxC, e.g. 4x4 "
-                             f"(pattern is written {usage!r})")
-        block = (_int(dims[0], "block rows", text), _int(dims[1], "block cols", text))
-        scheme = Scheme("block", _sparsity(params[1], text), block=block, representation=rep)
-    elif name == "nm":
-        n, m = _int(params[0], "N", text), _int(params[1], "M", text)
-        if n > m:
-            raise ValueError(f"scheme {text!r}: N={n} > M={m}; N weights are kept out of every M, "
-                             "so N must be at most M (e.g. nm:2:4)")
-        scheme = Scheme("nm", nm=(n, m), representation=rep)
-    else:
-        scheme = Scheme(name, _sparsity(params[0], text), representation=rep)
-    REPRESENTATIONS[rep].check_scheme(scheme)
-    return scheme
+    body, _, representation = text.partition("@")
+    return Scheme(parse_pattern(body, text), representation or DEFAULT_REPRESENTATION)

@@ -4,6 +4,9 @@ By default every nn.Linear and nn.Conv2d weight is pruned except the model's fir
 final classifier (the usual choice in the pruning literature). A model may name its own dense
 layers with a ``keep_dense`` attribute (e.g. the transformer's first layer is an embedding, so only
 its classifier stays dense); ``keep_dense=`` here overrides both.
+
+Which representation stores a layer is the scheme's, or, for a selection policy (``auto``), the one
+the policy picks for that layer; either way the layer's ``sparse_weight.name`` says which.
 """
 
 from __future__ import annotations
@@ -14,9 +17,13 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .patterns import PATTERNS, as_matrix, make_mask
-from .representations import REPRESENTATIONS, SparseConv2d, SparseLinear
+from .patterns import as_matrix, make_mask
+from .representations import REPRESENTATIONS, SparseConv2d, SparseLinear, auto
 from .schemes import Scheme, parse_scheme
+
+# representation name -> the policy that picks a concrete representation per layer:
+# (scheme, layer name, layer, mask, input shape or None) -> representation name
+POLICIES = {"auto": auto.choose}
 
 
 def prunable_layers(model: nn.Module, keep_dense: Iterable[str] | None = None) -> list[tuple[str, nn.Module]]:
@@ -63,32 +70,36 @@ def sparsify(model: nn.Module, scheme: Scheme | str, seed: int = 0, keep_dense: 
     """Replace the prunable layers of ``model`` in place with ``scheme``'s representation; returns the model.
 
     Every layer is checked before any is replaced, so a refused scheme leaves the model untouched.
-    ``example_inputs`` (a batch as training will see it) lets a representation that depends on the
-    layers' input shapes (``auto``) measure them.
+    ``example_inputs`` (a batch as training will see it) lets a selection policy (``auto``) time
+    each layer at its input shape.
     """
-    scheme = parse_scheme(scheme) if isinstance(scheme, str) else scheme
-    if scheme.pattern == "dense":
+    scheme = parse_scheme(scheme)
+    if not scheme.spec.sparse:
         return model
-    rep = REPRESENTATIONS[scheme.representation]
+    policy = POLICIES.get(scheme.representation)
     layers = prunable_layers(model, keep_dense)
     for name, layer in layers:
         if isinstance(layer, nn.Conv2d) and layer.groups != 1:
             raise ValueError(f"layer {name!r}: grouped convolutions (groups={layer.groups}) are not supported; "
-                             f"leave it dense with keep_dense")
+                             f"leave it dense with sparsify(..., keep_dense=[{name!r}, ...])")
         shape2d = tuple(as_matrix(layer.weight).shape)
-        PATTERNS[scheme.pattern].check_shape(scheme, shape2d, name)
-        rep.check_layer(scheme, shape2d, name)
-    # a forward pass only for a representation that uses the shapes, not on every model built
-    wants_shapes = rep.needs_input_shapes and example_inputs is not None
-    shapes = layer_inputs(model, layers, example_inputs) if wants_shapes else {}
+        scheme.spec.check_shape(shape2d, name)
+        if policy is None:  # a policy checks its candidates itself (masked serves every layer)
+            REPRESENTATIONS[scheme.representation].check_layer(scheme, shape2d, name)
+    # a forward pass only for a policy, which times the layers at their input shapes
+    shapes = layer_inputs(model, layers, example_inputs) if policy and example_inputs is not None else {}
+    replacements = {}  # all built before any is swapped in, so a failure leaves the model untouched
     for name, layer in layers:
         mask = make_mask(layer.weight, scheme, seed=layer_seed(seed, name), layer=name)
-        chosen = rep.resolve(scheme, name, layer, mask, shapes.get(name))  # itself, but for `auto`
-        weight = chosen(layer.weight.detach(), mask, scheme)
+        concrete = scheme
+        if policy is not None:
+            concrete = scheme.with_representation(policy(scheme, name, layer, mask, shapes.get(name)))
+        weight = REPRESENTATIONS[concrete.representation](layer.weight.detach(), mask, concrete)
         if isinstance(layer, nn.Linear):
-            new = SparseLinear(weight, layer.bias)
+            replacements[name] = SparseLinear(weight, layer.bias)
         else:
-            new = SparseConv2d(weight, layer.bias, layer)
+            replacements[name] = SparseConv2d(weight, layer.bias, layer)
+    for name, new in replacements.items():
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     return model

@@ -1,7 +1,9 @@
 """Registry: representation name -> the SparseWeight class that stores and computes with it.
 
 Adding a representation: one module with a ``SparseWeight`` subclass (its autograd function
-beside it), one entry here, and its name in the property tests' list.
+beside it), one entry here, one ``schemes.STORES`` entry (which schemes it stores, known without
+torch), and its name in the property tests' list. ``auto`` is no class here: it is a selection
+policy of ``sparsify`` (``representations.auto``) that picks one of these per layer.
 """
 
 import warnings
@@ -13,7 +15,6 @@ warnings.filterwarnings("ignore", message="Sparse (CSR|BSR|CSC|BSC) tensor suppo
 # invariant checks are off by default; saying so explicitly silences torch's warning about it
 torch.sparse.check_sparse_tensor_invariants.disable()
 
-from .auto import AutoWeight  # noqa: E402
 from .base import RepresentationUnavailable, SparseConv2d, SparseLinear, SparseWeight  # noqa: E402
 from .bsr import BsrWeight  # noqa: E402
 from .bsr_cpp import BsrCppWeight  # noqa: E402
@@ -27,7 +28,6 @@ REPRESENTATIONS: dict[str, type[SparseWeight]] = {
     "bsr": BsrWeight,
     "bsr_cpp": BsrCppWeight,
     "semi": SemiWeight,
-    "auto": AutoWeight,  # chooses one of the above per layer, by measurement
 }
 
 __all__ = ["REPRESENTATIONS", "RepresentationUnavailable", "SparseConv2d", "SparseLinear", "SparseWeight"]

@@ -51,7 +51,7 @@ def im2col_rows(x: torch.Tensor, kernel, stride, padding, dilation):
     columns in the (c, kh, kw) order of a conv weight seen as a matrix.
 
     Built from kh * kw strided views of the padded input and one copy; torch's F.unfold (im2col)
-    measured ~50x slower on CPU at the CNN's shapes, and it also needs a transpose afterwards."""
+    is much slower on CPU at the CNN's shapes, and it also needs a transpose afterwards."""
     views, (n, h_out, w_out) = _shifted_views(x, kernel, stride, padding, dilation, channels_last=True)
     cols = torch.stack(views, dim=-1)  # (n, h_out, w_out, c, kh * kw)
     return cols.reshape(n * h_out * w_out, x.shape[1] * math.prod(kernel)), (n, h_out, w_out)
@@ -67,37 +67,17 @@ def im2col_features(x: torch.Tensor, kernel, stride, padding, dilation):
 
 
 class SparseWeight(nn.Module):
-    name: ClassVar[str]
-    patterns: ClassVar[frozenset[str] | None] = None  # patterns it accepts; None = all but dense
-    needs_input_shapes: ClassVar[bool] = False  # resolve() wants each layer's input shape (auto)
+    name: ClassVar[str]  # its key in REPRESENTATIONS; which schemes it stores is schemes.STORES[name]
 
     def __init__(self, weight: torch.Tensor, mask: torch.Tensor, scheme: Scheme):
         super().__init__()
         self.shape = tuple(weight.shape)  # the layer's weight shape (4-D for conv)
         self.scheme = scheme
 
-    # -- validity ------------------------------------------------------------------------
-    @classmethod
-    def check_scheme(cls, scheme: Scheme) -> None:
-        """Refuse a scheme this representation cannot store, before any layer is touched."""
-        if scheme.pattern == "dense" and cls.name != "masked":
-            raise ValueError(f"scheme '{scheme}': a dense weight has nothing to store sparsely; write 'dense'")
-        if cls.patterns is not None and scheme.pattern != "dense" and scheme.pattern not in cls.patterns:
-            allowed = ", ".join(sorted(cls.patterns))
-            raise ValueError(
-                f"scheme '{scheme}': representation {cls.name!r} stores only {allowed} patterns; "
-                f"use '{scheme.with_representation('csr')}' or '{scheme.with_representation('masked')}' instead"
-            )
-
     @classmethod
     def check_layer(cls, scheme: Scheme, shape2d: tuple[int, int], layer: str) -> None:
-        """Refuse a layer this representation cannot serve (shape, device). Default: any."""
-
-    @classmethod
-    def resolve(cls, scheme: Scheme, layer_name: str, layer: nn.Module, mask: torch.Tensor,
-                input_shape: tuple[int, ...] | None) -> type[SparseWeight]:
-        """The class that will store this layer: the representation itself (``auto`` chooses one)."""
-        return cls
+        """Refuse a layer this representation cannot serve here (shape, device, kernels): ValueError
+        or RepresentationUnavailable naming the layer and the fix. Default: any."""
 
     # -- computing -----------------------------------------------------------------------
     def linear(self, x: torch.Tensor) -> torch.Tensor:

@@ -81,16 +81,6 @@ class _BsrMatmul(torch.autograd.Function):
 
 class BsrWeight(SparseWeight):
     name = "bsr"
-    patterns = frozenset({"block"})
-
-    @classmethod
-    def check_scheme(cls, scheme):
-        super().check_scheme(scheme)
-        if scheme.pattern == "block" and scheme.block[0] != scheme.block[1]:
-            r, c = scheme.block
-            raise ValueError(f"scheme '{scheme}': torch's CPU BSR kernels (MKL) take only square blocks, not {r}x{c}; "
-                             f"use a square block such as {max(r, c)}x{max(r, c)}, "
-                             f"or '{scheme.with_representation('csr')}'")
 
     def __init__(self, weight, mask, scheme):
         super().__init__(weight, mask, scheme)

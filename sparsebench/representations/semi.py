@@ -45,13 +45,6 @@ class _SemiMatmul(torch.autograd.Function):
 
 class SemiWeight(SparseWeight):
     name = "semi"
-    patterns = frozenset({"nm"})
-
-    @classmethod
-    def check_scheme(cls, scheme):
-        super().check_scheme(scheme)
-        if scheme.pattern == "nm" and tuple(scheme.nm) != (2, 4):
-            raise ValueError(f"scheme '{scheme}': semi stores only 2:4 sparsity; write 'nm:2:4@semi'")
 
     @classmethod
     def check_layer(cls, scheme, shape2d, layer):
