@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 from hypothesis import assume, given
@@ -21,11 +19,43 @@ def test_registry_covers_the_spec():
     assert set(PATTERNS) >= {"dense", "random", "magnitude", "block", "nm"}
 
 
+@pytest.mark.parametrize("s, n, zeroed", [
+    (0.5, 3, 2),  # 1.5 rounds half up
+    (0.5, 4, 2),
+    (0.25, 2, 1),  # 0.5 rounds half up
+    (0.125, 4, 1),
+    (0.1, 4, 0),  # 0.4 rounds down
+    (0.3, 10, 3),  # 0.3 * 10 is 3.0000000000000004 in floats
+    (0.9, 10, 9),
+    (0.99, 3, 2),  # 2.97 rounds to 3: capped at n - 1, a layer is never cut off
+    (0.75, 2, 1),  # 1.5 -> 2, capped at 1
+    (0.5, 1, 0),  # a single unit is always kept
+    (0.0, 7, 0),
+    (0.5, 0, 0),
+])
+def test_rounding_rule_cases(s, n, zeroed):
+    assert n_zeroed(s, n) == zeroed
+
+
 @given(n=st.integers(1, 10_000), s=sparsities)
-def test_rounding_rule(n, s):
-    z = n_zeroed(s, n)
-    assert z == min(math.floor(s * n + 0.5), n - 1)
-    assert 0 <= z < n  # never every unit
+def test_rounding_never_zeroes_every_unit(n, s):
+    assert 0 <= n_zeroed(s, n) < n
+
+
+@pytest.mark.parametrize("scheme, shape, kept", [
+    ("random:0.5", (1, 3), 1),
+    ("magnitude:0.5", (3, 1), 1),
+    ("random:0.25", (2, 1), 1),
+    ("magnitude:0.99", (1, 3), 1),
+    ("random:0.9", (10, 10), 10),
+    ("block:2x2:0.5", (2, 6), 4),  # 3 blocks, 1.5 -> 2 zeroed, one block of 4 kept
+    ("block:2x2:0.5", (4, 4), 8),
+    ("nm:2:4", (2, 8), 8),
+    ("nm:1:4", (3, 4), 3),
+    ("dense", (3, 5), 15),
+])
+def test_kept_counts(scheme, shape, kept):
+    assert int(make_mask(weight(shape, 0), scheme).sum()) == kept
 
 
 @given(rows=dims, cols=dims, s=sparsities, seed=seeds, pattern=st.sampled_from(["random", "magnitude"]))
@@ -94,8 +124,8 @@ def test_dense_keeps_everything():
 
 
 @pytest.mark.parametrize("scheme, shape, words", [
-    ("block:4x4:0.5", (10, 16), ["'fc'", "does not tile", "10x16", "divide"]),
-    ("nm:2:4", (8, 10), ["'fc'", "M=4", "divides 10"]),
+    ("block:4x4:0.5", (10, 16), ["'fc'", "does not tile", "10x16", "divide", "keep_dense=['fc'"]),
+    ("nm:2:4", (8, 10), ["'fc'", "M=4", "divides 10", "keep_dense=['fc'"]),
 ])
 def test_shape_mismatch_names_layer_and_fix(scheme, shape, words):
     with pytest.raises(ValueError) as err:

@@ -14,6 +14,8 @@ from torch import nn
 from sparsebench import REPRESENTATIONS, RepresentationUnavailable, make_mask, parse_scheme, sparsify
 from sparsebench.representations import SparseWeight
 from sparsebench.representations import csr as csr_module
+from sparsebench.schemes import STORES
+from sparsebench.sparsify import POLICIES
 
 # which patterns each representation stores (a new representation adds its line here)
 PATTERNS_OF = {
@@ -24,11 +26,28 @@ PATTERNS_OF = {
     "semi": ["nm24"],
     "auto": ["random", "magnitude", "block", "nm"],
 }
-SPARSE_REPS = [r for r in REPRESENTATIONS if r in PATTERNS_OF]
+SPARSE_REPS = [*REPRESENTATIONS, *POLICIES]  # a policy (auto) is tested as what it picks
 
 
 def test_every_representation_is_tested():
-    assert set(PATTERNS_OF) >= set(REPRESENTATIONS)
+    assert set(PATTERNS_OF) >= set(REPRESENTATIONS) | set(POLICIES)
+
+
+def test_every_scheme_representation_is_a_class_or_a_policy():
+    assert set(STORES) == set(REPRESENTATIONS) | set(POLICIES)
+    assert not set(REPRESENTATIONS) & set(POLICIES)
+
+
+def assert_nothing_stored_outside(sw: SparseWeight, stored: torch.Tensor, mask: torch.Tensor, what: str):
+    """``stored`` (the parameter, or its gradient) holds nothing at pruned positions. A representation
+    that stores the dense shape (masked, semi) must hold exact zeros there; one that stores only kept
+    values must hold exactly as many as are kept. Checked on the stored tensor itself: ``to_dense()`` and
+    ``dense_grad()`` go through the mask and would hide a leak."""
+    if stored.numel() == sw.dense_numel:
+        leaked = stored.detach().reshape(mask.shape)[~mask]
+        assert bool((leaked == 0).all()), f"{what}: {int((leaked != 0).sum())} pruned positions are non-zero"
+    else:
+        assert stored.numel() == int(mask.sum()), f"{what}: {stored.numel()} stored for {int(mask.sum())} kept"
 
 
 @st.composite
@@ -78,7 +97,7 @@ def check_against_reference(dense_layer, sparse, x, functional):
     dense_grad = sw.dense_grad()
     assert dense_grad.shape == w_ref.shape
     torch.testing.assert_close(dense_grad[mask], w_ref.grad[mask], **tol)  # at kept positions
-    assert bool((dense_grad[~mask] == 0).all())  # nothing outside them
+    assert_nothing_stored_outside(sw, sw.stored.grad, mask, "weight gradient")  # nothing outside them
     torch.testing.assert_close(sparse.bias.grad, dense_layer_bias_grad(y_ref, grad_out), **tol)
 
 
@@ -145,10 +164,9 @@ def test_pruned_weights_stay_zero_through_optimizer_steps(rep, opt, data, seed, 
         optimizer.zero_grad()
         model(torch.randn(8, in_dim)).pow(2).mean().backward()
         optimizer.step()
-    w = sw.to_dense()
     assert torch.equal(sw.mask(), mask0)
     assert int(sw.mask().sum()) == kept0
-    assert bool((w[~mask0] == 0).all()), "a pruned weight moved off zero"
+    assert_nothing_stored_outside(sw, sw.stored, mask0, "a pruned weight moved off zero")
     if sw.name in ("csr", "bsr", "bsr_cpp"):  # optimizer state is sized by the kept count, not the dense count
         for state in optimizer.state[sw.stored].values():
             if torch.is_tensor(state) and state.dim():
@@ -181,6 +199,30 @@ def test_auto_chooses_a_measured_representation_and_caches_it(isolated_auto_cach
     assert decision["chosen"] == chosen == expected
     assert {"masked", "csr", "bsr"} <= set(decision["times_ms"])  # every valid representation was timed
     assert sparse_layer(layer, "block:16x16:0.9@auto", 0, x).sparse_weight.name == chosen  # from the cache
+
+
+def test_auto_records_the_concrete_representation_on_each_layer():
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32))
+    sparsify(model, "block:4x4:0.5@auto", keep_dense=[], example_inputs=torch.randn(8, 64))
+    for layer in (model[0], model[2]):
+        sw = layer.sparse_weight
+        assert sw.name in REPRESENTATIONS and sw.scheme == parse_scheme(f"block:4x4:0.5@{sw.name}")
+
+
+def test_auto_cache_is_keyed_by_kernel_variant_and_survives_corruption(tmp_path, monkeypatch):
+    import json
+
+    from sparsebench.representations import auto
+
+    path = tmp_path / "auto-choices.json"
+    path.write_text("{ not json")  # a crashed writer or a bad disk: ignored, measured again, rewritten
+    monkeypatch.setattr(auto, "_cache_path", lambda: path)
+    layer, x = nn.Linear(32, 16), torch.randn(8, 32)
+    for variant in ("native", "avx2"):
+        monkeypatch.setattr(auto.kernels, "variant", lambda v=variant: v, raising=False)
+        sparse_layer(layer, "random:0.5@auto", 0, x)
+    keys = list(json.loads(path.read_text()))
+    assert len(keys) == 2 and keys[0] != keys[1], keys  # one choice per kernel variant
 
 
 def test_auto_needs_an_example_batch():

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sparsebench import Scheme, parse_scheme
+from sparsebench import PATTERNS, Scheme, parse_scheme
 
 CANONICAL = ["dense", "random:0.5", "random:0.5@csr", "magnitude:0.9", "block:4x4:0.5@bsr", "block:16x32:0.95@csr",
              "nm:2:4", "nm:2:4@semi", "nm:1:8@csr"]
@@ -25,6 +25,38 @@ def test_fields_and_default_representation():
     assert parse_scheme("nm:2:4").target_sparsity == 0.5
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.sparsity = 0.1  # immutable value
+
+
+@pytest.mark.parametrize("text, slug, target, sparsity, block, nm", [
+    ("dense", "dense", 0.0, None, None, None),
+    ("random:0.5@csr", "random-0.5-csr", 0.5, 0.5, None, None),
+    ("magnitude:0.9", "magnitude-0.9-masked", 0.9, 0.9, None, None),
+    ("block:4x4:0.5@bsr", "block4x4-0.5-bsr", 0.5, 0.5, (4, 4), None),
+    ("block:16x32:0.95@csr", "block16x32-0.95-csr", 0.95, 0.95, (16, 32), None),
+    ("block:16x16:0.9@auto", "block16x16-0.9-auto", 0.9, 0.9, (16, 16), None),
+    ("nm:2:4", "nm2of4-masked", 0.5, None, None, (2, 4)),
+    ("nm:1:8@csr", "nm1of8-csr", 0.875, None, None, (1, 8)),
+])
+def test_slugs_and_parameters(text, slug, target, sparsity, block, nm):
+    """Baselines are stored under these slugs: they must not change."""
+    s = parse_scheme(text)
+    assert (s.slug, s.target_sparsity, s.sparsity, s.block, s.nm) == (slug, target, sparsity, block, nm)
+
+
+def test_schemes_are_values():
+    assert parse_scheme("random:0.5") == parse_scheme(" random:0.50@masked ")
+    assert parse_scheme("random:0.5") != parse_scheme("magnitude:0.5")
+    assert len({parse_scheme("nm:2:4"), parse_scheme("nm:2:4"), parse_scheme("nm:2:4@csr")}) == 2
+    s = parse_scheme("block:4x4:0.5")
+    assert s.with_representation("bsr") == parse_scheme("block:4x4:0.5@bsr")
+    assert parse_scheme(s) is s
+    with pytest.raises(ValueError, match="square"):
+        parse_scheme("block:4x8:0.5").with_representation("bsr")  # a Scheme is valid by construction
+
+
+def test_each_pattern_owns_its_syntax():
+    for name, cls in PATTERNS.items():
+        assert cls.name == name and cls.syntax.split(":")[0] == name
 
 
 @given(s=st.floats(0, 1, exclude_max=True), rep=st.sampled_from(["masked", "csr"]))
@@ -48,6 +80,9 @@ def test_any_sparsity_round_trips(s, rep):
     ("block:0x4:0.5", ["positive"]),
     ("random", ["written 'random:S'"]),
     ("dense@csr", ["write 'dense'"]),
+    ("dense@auto", ["write 'dense'"]),
+    ("block:4x8:0.5@bsr", ["square", "8x8", "block:4x8:0.5@csr"]),
+    ("random:0.5@semi", ["semi", "nm", "instead"]),
     ("", ["empty scheme"]),
 ])
 def test_bad_schemes_are_refused_with_the_fix(text, words):

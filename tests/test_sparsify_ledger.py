@@ -30,7 +30,26 @@ def test_refused_scheme_names_layer_and_leaves_model_untouched():
     with pytest.raises(ValueError) as err:
         sparsify(model, "block:16x16:0.5@bsr")  # layer '2' is 16 x 72: 72 is not a multiple of 16
     assert "'2'" in str(err.value) and "does not tile" in str(err.value)
+    assert "keep_dense=['2'" in str(err.value)  # the fix names the real argument
     assert all(type(m) in (nn.Conv2d, nn.ReLU, nn.Flatten, nn.Linear) for m in model)
+
+
+class UnusedSecondLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used, self.unused = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def test_a_layer_refused_late_leaves_the_model_untouched():
+    """auto times `used`, then cannot time `unused` (the example batch never reaches it): no layer
+    may have been swapped by then."""
+    model = UnusedSecondLayer()
+    with pytest.raises(ValueError, match="'unused'"):
+        sparsify(model, "random:0.5@auto", keep_dense=[], example_inputs=torch.randn(2, 8))
+    assert type(model.used) is nn.Linear and type(model.unused) is nn.Linear
 
 
 def test_dense_scheme_is_identity():
