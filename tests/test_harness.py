@@ -1,15 +1,18 @@
 """The harness end to end on the smoke budget, on tiny parquet data written by the tests."""
 
 import json
+import os
 
 import pytest
 
 from sparsebench import REPRESENTATIONS
+from sparsebench.archs import ARCHS
 from sparsebench.budgets import BUDGETS
+from sparsebench.cell import Cell
 from sparsebench.cli import main
 from sparsebench.grid import run_one
 from sparsebench.report import build_report
-from sparsebench.results import REQUIRED_KEYS, validate_result
+from sparsebench.results import REQUIRED_KEYS, read_result, validate_result
 
 SMOKE = BUDGETS["smoke"]
 # one scheme per representation (semi is skipped with its reason on a machine without CUDA)
@@ -23,15 +26,20 @@ def test_every_representation_has_a_smoke_scheme():
 
 @pytest.mark.parametrize("arch", ["cnn", "transformer"])
 @pytest.mark.parametrize("rep", list(SCHEME_OF))
-def test_smoke_cell_end_to_end(arch, rep, tiny_data_dir, isolated_cache):
-    doc = run_one(arch, SCHEME_OF[rep], SMOKE, seed=0, data_dir=tiny_data_dir, progress=False)
+def test_smoke_cell_end_to_end(arch, rep, tiny_data_dir, isolated_cache, tmp_path):
+    cell = Cell.parse(arch, SCHEME_OF[rep])
+    result = run_one(cell, SMOKE, tmp_path, seed=0, data_dir=tiny_data_dir, progress=False)
+    assert read_result(cell.path(tmp_path)) == result  # what is written is what was measured
+    doc = result.to_dict()
     if doc["status"] == "skipped":
-        assert rep == "semi" and "CUDA" in doc["reason"]
+        if rep != "semi":  # bsr_cpp skips only when our kernels cannot be built
+            require_kernels()
+        assert rep == "semi" and "CUDA" in doc["reason"], doc["reason"]
         pytest.skip(doc["reason"])
     validate_result(doc)
     assert set(REQUIRED_KEYS) <= set(doc)
     assert doc["arch"] == arch and doc["representation"] == rep and doc["budget"] == "smoke"
-    assert doc["steps"] == SMOKE.training(arch).steps
+    assert doc["steps"] == ARCHS[arch].training_for(SMOKE).steps
     assert 0.0 <= doc["accuracy"] <= 1.0
     assert doc["peak_memory_bytes"] > 0 and doc["peak_memory_method"] == "memray.peak_heap"
     assert doc["time_ratio_vs_dense"] > 0 and len(doc["step_times_s"]["scheme"]) == SMOKE.timing_steps
@@ -39,18 +47,44 @@ def test_smoke_cell_end_to_end(arch, rep, tiny_data_dir, isolated_cache):
     assert pruned and all(abs(v["realised"] - 0.5) < 0.01 for v in pruned)
     if rep in ("csr", "bsr"):  # stored sparsely: less than dense in memory and on disk
         assert doc["ledger"]["total"] < doc["ledger"]["dense_total"]
-    if rep == "csr":  # every csr layer says which kernels computed it
-        from sparsebench import kernels
+    if rep == "csr":  # every csr layer says which kernels computed it: on a CPU with a compiler, ours
+        require_kernels()
+        assert doc["kernels"] == {layer: "sparsebench-cpp" for layer in doc["representations"]}
+    env = doc["env"]
+    assert env["threads"] >= 1 and env["torch"] and env["kernel_variant"] == env["machine"]["kernel_variant"]
+    assert env["machine_class"] and env["machine"]["cpu"]["isa"] is not None
+    assert doc["ledger_bytes"] == doc["ledger"]["total"]
 
-        expected = "sparsebench-cpp" if kernels.available() else "torch.sparse"
-        assert doc["kernels"] == {layer: expected for layer in doc["representations"]}
-    assert doc["env"]["threads"] >= 1 and doc["env"]["torch"]
+
+def require_kernels():
+    """Kernels that cannot be built fail where they are required ($SPARSEBENCH_REQUIRE_KERNELS=1), else skip."""
+    from sparsebench import kernels
+
+    if not kernels.available():
+        why = getattr(kernels, "unavailable_reason", lambda: "unknown")()
+        if os.environ.get("SPARSEBENCH_REQUIRE_KERNELS") == "1":
+            pytest.fail(f"sparse kernels unavailable: {why}")
+        pytest.skip(f"sparse kernels unavailable: {why}")
 
 
 def test_same_seed_same_accuracy_and_loss(tiny_data_dir, isolated_cache):
-    a = run_one("cnn", "magnitude:0.5", SMOKE, seed=3, data_dir=tiny_data_dir, progress=False)
-    b = run_one("cnn", "magnitude:0.5", SMOKE, seed=3, data_dir=tiny_data_dir, progress=False)
-    assert (a["accuracy"], a["final_loss"]) == (b["accuracy"], b["final_loss"])
+    cell = Cell.parse("cnn", "magnitude:0.5")
+    a = run_one(cell, SMOKE, seed=3, data_dir=tiny_data_dir, progress=False)
+    b = run_one(cell, SMOKE, seed=3, data_dir=tiny_data_dir, progress=False)
+    assert (a.accuracy, a.final_loss) == (b.accuracy, b.final_loss)
+
+
+def test_measure_twice_gives_the_same_model_measurements(tiny_data_dir, isolated_cache):
+    from sparsebench.train import CellRun
+
+    run = CellRun(Cell.parse("cnn", "random:0.5"), SMOKE, data_dir=tiny_data_dir, progress=False)
+    run.fresh()
+    run.train()
+    a, b = run.measure(), run.measure()
+    assert (a.accuracy, a.realised_sparsity, a.model_size_bytes, a.ledger_bytes) == \
+        (b.accuracy, b.realised_sparsity, b.model_size_bytes, b.ledger_bytes)
+    with pytest.raises(RuntimeError, match="fresh"):
+        run.train()  # trained weights are never trained again
 
 
 def test_cli_grid_report_and_plots(tiny_data_dir, isolated_cache, tmp_path, capsys):
@@ -58,14 +92,26 @@ def test_cli_grid_report_and_plots(tiny_data_dir, isolated_cache, tmp_path, caps
     code = main(["grid", "--budget", "smoke", "--out", str(out), "--data-dir", str(tiny_data_dir), "--quiet",
                  "--archs", "cnn", "--schemes", "dense", "block:4x4:0.5@bsr"])
     assert code == 0
-    docs = [json.loads(p.read_text()) for p in sorted(out.rglob("*.json"))]
+    docs = [json.loads(p.read_text()) for p in sorted(out.glob("*/*.json"))]
     assert {d["scheme"] for d in docs} == {"dense", "block:4x4:0.5@bsr"}
+    assert json.loads((out / "grid.json").read_text())["cells"] == [["cnn", "dense"], ["cnn", "block:4x4:0.5@bsr"]]
     printed = capsys.readouterr().out
     assert "block:4x4:0.5@bsr" in printed and "dense" in printed
     for png in ["accuracy_vs_sparsity.png", "accuracy_vs_train_time.png", "accuracy_vs_peak_memory.png"]:
         assert (out / png).stat().st_size > 1000
-    assert "block:4x4:0.5@bsr" in (out / "report.md").read_text()
-    assert build_report(out) == (out / "report.md").read_text().strip() or "dense" in build_report(out)
+    report_md = (out / "report.md").read_text()
+    assert "block:4x4:0.5@bsr" in report_md
+    assert build_report(out) == report_md  # the printed report is the saved one, rebuilt identically
+    # the gate on this run: no baselines anywhere is an error, the run's own grid is the expected set
+    assert main(["check", str(out), "--budget", "smoke", "--baselines", str(tmp_path / "none")]) == 1
+    assert "no baselines for budget 'smoke'" in capsys.readouterr().out
+    assert main(["baselines", "update", str(out), "--budget", "smoke", "--baselines", str(tmp_path / "b"),
+                 "--archs", "cnn", "--schemes", "dense", "block:4x4:0.5@bsr"]) == 0
+    capsys.readouterr()
+    assert main(["check", str(out), "--budget", "smoke", "--baselines", str(tmp_path / "b")]) == 0
+    (out / "cnn" / "dense.json").unlink()  # a lost cell fails the gate
+    assert main(["check", str(out), "--budget", "smoke", "--baselines", str(tmp_path / "b")]) == 1
+    assert "MISSING cnn dense" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, words", [

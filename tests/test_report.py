@@ -2,41 +2,17 @@
 
 import pytest
 
+from factories import make_env, make_result
+
+from sparsebench.cell import Cell
 from sparsebench.report import PLOTS, build_report, build_table, series_label
-from sparsebench.results import SCHEMA_VERSION, result_path, write_json_atomic
+from sparsebench.results import Result, write_result
 
-MiB = 1024 * 1024
-SCHEMES = {  # scheme -> (slug, pattern, target); by hand so these tests need no pattern registry
-    "dense": ("dense", "dense", 0.0),
-    "random:0.5": ("random-0.5-masked", "random", 0.5),
-    "random:0.9@csr": ("random-0.9-csr", "random", 0.9),
-    "block:4x4:0.5@bsr": ("block4x4-0.5-bsr", "block", 0.5),
-    "nm:2:4": ("nm2of4-masked", "nm", 0.5),
-}
+SCHEMES = ["dense", "random:0.5", "random:0.9@csr", "block:4x4:0.5@bsr", "nm:2:4"]
 
 
-def make_result(arch="cnn", scheme="dense", **overrides):
-    slug, pattern, target = SCHEMES[scheme]
-    doc = {
-        "schema_version": SCHEMA_VERSION, "status": "ok", "arch": arch, "scheme": scheme, "slug": slug,
-        "pattern": pattern, "representation": scheme.partition("@")[2] or "masked", "target_sparsity": target,
-        "budget": "ci", "budget_settings": {}, "seed": 0, "dataset": {}, "model": {},
-        "accuracy": 0.7 - target / 5, "final_loss": 1.0, "train_time_s": 10.0 + 20 * target, "steps": 10,
-        "samples": 640, "step_time_s": 1.0, "inference_time_s": 1.0, "inference_samples_per_s": 1234.5,
-        "peak_memory_bytes": 100 * MiB, "peak_memory_method": "memray",
-        "ledger": {"total": 4 * MiB, "dense_total": 8 * MiB}, "model_size_bytes": 512 * 1024,
-        "dense_model_size_bytes": 1024 * 1024,
-        "sparsity": {"total": {"realised": target * 0.95, "kept": 1, "count": 2}, "layers": {}},
-        "realised_sparsity": target * 0.95,
-        "time_ratio_vs_dense": 1.0 + target,
-        "env": {"torch": "2.13.0", "device": "cpu", "threads": 2, "cpu": "Test CPU", "gpu": None, "commit": "abc123"},
-    }
-    doc.update(overrides)
-    return doc
-
-
-def write(directory, doc):
-    write_json_atomic(result_path(directory, doc["arch"], doc["slug"]), doc)
+def write(directory, result):
+    write_result(directory, result)
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +54,13 @@ def test_row_values():
 
 
 def test_several_machines_get_a_machine_column():
-    gpu_env = {"torch": "2.13.0", "device": "cuda", "threads": 16, "cpu": "x", "gpu": "NVIDIA H100", "commit": "abc"}
+    gpu_env = make_env("gpu-class", device="cuda", threads=16) | {"gpu": "NVIDIA H100"}
     text = build_table([make_result(), make_result(env=gpu_env)])
-    assert "| machine" in text and "cuda (NVIDIA H100)" in text and "cpu x2 (Test CPU)" in text
+    assert "| machine" in text and "cuda (NVIDIA H100)" in text and "cpu x2 (Test CPU, avx2)" in text
 
 
 def test_report_out_dir_and_skipped_cells(tmp_path):
-    write(tmp_path, {"schema_version": 1, "status": "skipped", "arch": "cnn", "scheme": "nm:2:4@semi",
-                     "slug": "nm2of4-semi", "budget": "ci", "reason": "needs CUDA"})
+    write(tmp_path, Result.skipped(Cell.parse("cnn", "nm:2:4@semi"), "ci", "needs CUDA"))
     text = build_report(tmp_path, tmp_path / "out")  # no ok cell: a table, no plots
     assert "skipped: needs CUDA" in text and "no plots" in text
     assert (tmp_path / "out" / "report.md").read_text() == text
