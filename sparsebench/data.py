@@ -69,9 +69,6 @@ class TextData:
     name: str = "imdb"
 
 
-default_cache_dir = machine_cache_dir  # the old name, still imported by representations/auto
-
-
 def _missing(root: Path, names: Iterable[str]) -> list[str]:
     return [f"{n}/{s}.parquet" for n in names for s in SPLITS if not (root / n / f"{s}.parquet").is_file()]
 

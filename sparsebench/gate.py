@@ -262,7 +262,8 @@ def check_dir(results_dir: str | os.PathLike, baselines_root: str | os.PathLike,
         if isinstance(result, ValueError):
             report.errors.append(str(result))
         elif result.budget != budget:
-            report.errors.append(f"{result.cell}: result {path} is budget {result.budget!r}, the gate checks {budget!r}")
+            report.errors.append(f"{result.cell}: result {path} is budget {result.budget!r}, "
+                                 f"the gate checks {budget!r}")
         else:
             results.append(result)
     if expected is None:

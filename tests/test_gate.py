@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-
 from factories import MACHINE_CLASS, make_env, make_result
 
 from sparsebench import gate
@@ -246,7 +245,8 @@ def test_update_refuses_incomplete_or_red_runs(tmp_path):
 
 
 def test_update_writes_only_expected_cells(tmp_path):
-    update_baselines(write_run(tmp_path / "run"), tmp_path / "b", "ci", expected_cells=cells([("cnn", "random:0.5@csr")]))
+    update_baselines(write_run(tmp_path / "run"), tmp_path / "b", "ci",
+                     expected_cells=cells([("cnn", "random:0.5@csr")]))
     assert sorted(p.name for p in (tmp_path / "b" / "ci").rglob("*.json")) == ["machine.json", "random-0.5-csr.json"]
 
 

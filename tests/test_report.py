@@ -1,7 +1,6 @@
 """The report: table rows, report.md and the PNG plots."""
 
 import pytest
-
 from factories import make_env, make_result
 
 from sparsebench.cell import Cell

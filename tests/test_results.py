@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-
 from factories import make_doc, make_result
 
 from sparsebench import results
@@ -18,6 +17,7 @@ from sparsebench.results import (
     write_json_atomic,
     write_result,
 )
+
 
 def test_required_keys_cover_the_document():
     doc = make_result().to_dict()
