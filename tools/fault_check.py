@@ -1,0 +1,126 @@
+"""Do the tests catch real faults? For each fault below: copy the repository to a temp dir, put the
+fault in (one exact source text replaced), run the tests that should catch it, and expect them to fail.
+Each selection is also run on the unchanged copy, where it must pass (the fault reverted).
+
+    python tools/fault_check.py              # every fault
+    python tools/fault_check.py -k masked    # faults whose name contains "masked"
+    python tools/fault_check.py --no-clean   # skip the unchanged runs
+
+One line per fault: CAUGHT (the tests failed with the fault in), MISSED (they passed: a test is
+missing), or STALE (the source text is no longer in the file: update the fault). Exit status 0 only
+if every fault is CAUGHT and every unchanged run passes.
+
+Adding a fault is one ``Fault(...)`` entry in ``FAULTS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_PYTHON = ROOT / ".nox" / "tests" / "bin" / "python"
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    file: str  # relative to the repository root
+    source: str  # exact text, found exactly once in the file
+    replacement: str
+    pytest_args: tuple[str, ...]  # the tests that must catch it
+
+
+FAULTS = [
+    Fault("masked stops masking the weight gradient",
+          "sparsebench/representations/masked.py",
+          "return grad.mul_(ctx.kept), None\n        return grad * ctx.kept, None",
+          "return grad, None\n        return grad, None",
+          ("tests/test_representations.py", "-k", "masked")),
+    Fault("make_mask keeps one weight more than the rounding rule (in the rule)",
+          "sparsebench/patterns.py",
+          "return min(math.floor(sparsity * n + 0.5), n - 1)",
+          "return max(min(math.floor(sparsity * n + 0.5), n - 1) - 1, 0)",
+          ("tests/test_patterns.py",)),
+    Fault("make_mask keeps one weight more than the rounding rule (in the mask)",
+          "sparsebench/patterns.py",
+          "mask[order[:n_zero]] = False",
+          "mask[order[:n_zero - 1]] = False",
+          ("tests/test_patterns.py",)),
+]
+
+
+def repo_files(root: Path) -> list[str]:
+    """Tracked files and untracked ones git does not ignore: the working tree as a fresh clone plus edits."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                         check=True, capture_output=True).stdout
+    return sorted({f for f in out.decode().split("\0") if f and (root / f).is_file()})
+
+
+def copy_repo(root: Path, dest: Path) -> None:
+    for f in repo_files(root):
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / f, dest / f)
+
+
+def run_tests(python: str, workdir: Path, args: tuple[str, ...], timeout: int) -> tuple[int, str]:
+    """pytest on the copy in ``workdir`` (its sparsebench first on the path, not the installed one)."""
+    env = {**os.environ, "PYTHONPATH": str(workdir), "PYTHONDONTWRITEBYTECODE": "1"}
+    where = subprocess.run([python, "-c", "import sparsebench; print(sparsebench.__file__)"], cwd=workdir, env=env,
+                           capture_output=True, text=True)
+    if not where.stdout.strip().startswith(str(workdir)):
+        raise RuntimeError(f"the copy's sparsebench is not the one imported: {where.stdout or where.stderr}")
+    try:
+        done = subprocess.run([python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *args], cwd=workdir,
+                              env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return -1, "timed out"
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return done.returncode, lines[-1] if lines else ""
+
+
+def check(fault: Fault, python: str, clean: bool, timeout: int) -> bool:
+    with tempfile.TemporaryDirectory(prefix="fault-check-") as tmp:
+        workdir = Path(tmp)
+        copy_repo(ROOT, workdir)
+        ok = True
+        if clean:
+            rc, tail = run_tests(python, workdir, fault.pytest_args, timeout)
+            if rc != 0:
+                print(f"FAILS-CLEAN  {fault.name}: the tests fail without the fault ({tail})", flush=True)
+                ok = False
+        target = workdir / fault.file
+        text = target.read_text()
+        if text.count(fault.source) != 1:
+            print(f"STALE   {fault.name}: source text found {text.count(fault.source)} times in {fault.file}",
+                  flush=True)
+            return False
+        target.write_text(text.replace(fault.source, fault.replacement))
+        rc, tail = run_tests(python, workdir, fault.pytest_args, timeout)
+        caught = rc != 0
+        print(f"{'CAUGHT' if caught else 'MISSED'}  {fault.name}  [{' '.join(fault.pytest_args)}: {tail}]", flush=True)
+        return ok and caught
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-k", default="", help="only faults whose name contains this text")
+    parser.add_argument("--no-clean", action="store_true", help="skip running each selection without its fault")
+    parser.add_argument("--python", default=str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable,
+                        help="the interpreter that runs pytest (default: the nox tests venv)")
+    parser.add_argument("--timeout", type=int, default=1200, help="seconds per pytest run")
+    args = parser.parse_args()
+    faults = [f for f in FAULTS if args.k in f.name]
+    results = [check(f, args.python, not args.no_clean, args.timeout) for f in faults]
+    print(f"{sum(results)}/{len(results)} faults caught" + ("" if args.no_clean else ", unchanged tests passing"))
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
