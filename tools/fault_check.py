@@ -53,6 +53,16 @@ FAULTS = [
           "mask[order[:n_zero]] = False",
           "mask[order[:n_zero - 1]] = False",
           ("tests/test_patterns.py",)),
+    Fault("the gate compares accuracy in the wrong direction",
+          "sparsebench/gate.py",
+          "bad = measured < value - tol",
+          "bad = measured > value + tol",
+          ("tests/test_gate.py",)),
+    Fault("the gate passes a grid result directory missing one expected cell",
+          "sparsebench/gate.py",
+          "for c in expected if (c.arch, str(c.scheme)) not in have]",
+          "for c in expected if (c.arch, str(c.scheme)) not in have][1:]",
+          ("tests/test_gate.py",)),
 ]
 
 
