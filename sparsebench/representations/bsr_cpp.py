@@ -3,10 +3,13 @@ kernels (``sparsebench.kernels``: OpenMP over block rows, vectorised loops, no t
 activations) instead of torch's. CPU only, float32; where the kernels cannot be built or run here,
 it raises RepresentationUnavailable with the reason and the other representations keep working.
 
-Per step, with ``W`` (out, in) and ``x`` (n, in), all row-major:
-  forward         y  = x @ W^T            kernels.bsr_linear_forward
-  input gradient  dx = dy @ W             kernels.bsr_linear_input_grad (block-column structure, built once)
-  weight gradient (dy^T @ x) at kept blocks only, kernels.bsr_linear_weight_grad
+Per step, with ``W`` (out, in) and ``x`` (n, in), all row-major, one custom op
+(``torch.ops.sparse_linear.bsr_linear``, autograd registered with torch.library):
+  forward         y  = x @ W^T            bsr_linear
+  input gradient  dx = dy @ W             bsr_input_grad (block-column structure, built once)
+  weight gradient (dy^T @ x) at kept blocks only, bsr_weight_grad
+Where kernels are required (``SPARSEBENCH_REQUIRE_KERNELS=1``), an unavailable build is an error
+(kernels.KernelsUnavailable), not a skip.
 """
 
 from __future__ import annotations
@@ -18,26 +21,6 @@ from .base import RepresentationUnavailable, SparseWeight
 from .bsr import BsrWeight
 
 
-class _BsrCppMatmul(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, values, layer):
-        ctx.save_for_backward(x, values)
-        ctx.layer = layer
-        return kernels.bsr_linear_forward(x, values, layer.crow, layer.col, layer.shape2d[0])
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, values = ctx.saved_tensors
-        layer = ctx.layer
-        dx = dvalues = None
-        if ctx.needs_input_grad[0]:
-            dx = kernels.bsr_linear_input_grad(dy, values, layer.crow, layer.col, layer.shape2d[1],
-                                               transposed=(layer.t_crow, layer.t_col, layer.perm))
-        if ctx.needs_input_grad[1]:
-            dvalues = kernels.bsr_linear_weight_grad(dy, x, layer.crow, layer.col, layer.block)
-        return dx, dvalues, None
-
-
 class BsrCppWeight(BsrWeight):
     name = "bsr_cpp"
 
@@ -47,7 +30,7 @@ class BsrCppWeight(BsrWeight):
 
     @classmethod
     def check_layer(cls, scheme, shape2d, layer):
-        if not kernels.available():
+        if not kernels.available():  # raises KernelsUnavailable instead where kernels are required
             fallback = scheme.with_representation("bsr")
             raise RepresentationUnavailable(f"layer {layer!r}: bsr_cpp kernels unavailable here: "
                                             f"{kernels.unavailable_reason()}; use '{fallback}'")
@@ -60,4 +43,5 @@ class BsrCppWeight(BsrWeight):
     def linear(self, x):
         if x.device.type != "cpu" or x.dtype != torch.float32:
             raise RepresentationUnavailable(f"bsr_cpp runs float32 on the CPU, got {x.dtype} on {x.device}")
-        return _BsrCppMatmul.apply(x, self.values, self)
+        return kernels.bsr_linear(x, self.values, self.crow, self.col, (self.t_crow, self.t_col, self.perm),
+                                  self.shape2d[0])

@@ -1,93 +1,24 @@
 // Block-sparse (BSR) CPU training kernels: forward, input gradient, weight gradient.
 //
-// All activations are consumed and produced row-major ((n, in) / (n, out)), so no
-// transposes of x, dy, y or dx are ever made.  The vector dimension is always a block
-// dimension (R for the forward product, C for the two others) and tokens are
-// register-blocked, so the inner loops are broadcast-FMA micro-kernels:
+// All activations are consumed and produced row-major ((n, in) / (n, out)), so no transposes of x,
+// dy, y or dx are ever made. The vector dimension is always a block dimension (R for the forward
+// product, C for the two others) and tokens are register-blocked, so the inner loops are
+// broadcast-FMA micro-kernels:
 //   forward     y[t, br*R:+R]  += x[t, bc*C + c]  * Wt_k[c, :]     (Wt_k = block k transposed)
 //   input grad  dx[t, bc*C:+C] += dy[t, br*R + r] * W_k[r, :]
 //   weight grad gW_k[r, :]     += dy[t, br*R + r] * x[t, bc*C:+C]
-// Fixed (R, C) in {4, 8, 16, 32}^2 are compiled as templates using GCC vector extensions
-// (lowered to AVX-512 / AVX2 / SSE by -march=native); other block sizes use a generic path.
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+// Fixed (R, C) in {4, 8, 16, 32}^2 are compiled as templates on GCC vector extensions, with the
+// vector width and token tile of the target (common.h); other block sizes use a generic path.
+// 4x4 blocks on AVX-512 and AVX2 have their own path, with 4 (or 2) tokens x 4 columns per vector.
+#include "common.h"
 
-#include <algorithm>
-#if defined(__AVX512F__)
+#include <vector>
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
-#include <cstring>
-#include <vector>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
+namespace sparsebench {
 namespace {
-
-typedef float v4 __attribute__((vector_size(16)));
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v16 __attribute__((vector_size(64)));
-
-template <int L> struct VecT;
-template <> struct VecT<4> { typedef v4 type; };
-template <> struct VecT<8> { typedef v8 type; };
-template <> struct VecT<16> { typedef v16 type; };
-
-template <int L>
-static inline typename VecT<L>::type loadu(const float* p) {
-  typename VecT<L>::type v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <int L>
-static inline void storeu(float* p, typename VecT<L>::type v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-
-
-// Output allocation.  Fresh multi-MB outputs are page-faulted in 4 KiB pages on first
-// touch, which costs more than the sparse product itself at high sparsity; asking for
-// transparent huge pages on the (still untouched) range makes that ~4x cheaper.
-static torch::Tensor empty_out(int64_t rows, int64_t cols, const torch::TensorOptions& opts) {
-  auto t = torch::empty({rows, cols}, opts);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  const size_t bytes = (size_t)rows * (size_t)cols * sizeof(float);
-  const uintptr_t huge = (uintptr_t)2 << 20;
-  if (bytes >= 4 * huge) {
-    const uintptr_t a = (uintptr_t)t.data_ptr<float>();
-    const uintptr_t s = (a + huge - 1) & ~(huge - 1), e = (a + bytes) & ~(huge - 1);
-    if (e > s) (void)madvise((void*)s, e - s, MADV_HUGEPAGE);
-  }
-#endif
-  return t;
-}
-
-// Run f(begin, end) over [0, n) split into chunks of >= grain items, handed out
-// dynamically to torch.get_num_threads() OpenMP threads (the same libgomp pool ATen uses).
-// Dynamic hand-out keeps both cores busy when the sparsity pattern is uneven or another
-// process steals one core for a while (a static split then waits for the slow half).
-template <class F>
-static void par_chunks(int64_t n, int64_t grain, const F& f) {
-  if (n <= 0) return;
-  const int64_t nthr = std::max(1, at::get_num_threads());
-  grain = std::max<int64_t>(1, grain);
-  int64_t nchunks = std::min<int64_t>((n + grain - 1) / grain, 8 * nthr);
-  if (nthr == 1 || nchunks <= 1) nchunks = 1;
-#ifdef _OPENMP
-  if (nchunks > 1 && !omp_in_parallel()) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads((int)std::min(nthr, nchunks))
-    for (int64_t c = 0; c < nchunks; ++c) f(c * n / nchunks, (c + 1) * n / nchunks);
-    return;
-  }
-#endif
-  for (int64_t c = 0; c < nchunks; ++c) f(c * n / nchunks, (c + 1) * n / nchunks);
-}
-
-constexpr int lanes_for(int d) { return d >= 16 ? 16 : (d >= 8 ? 8 : 4); }
 
 // --------------------------------------------------------------------------------------
 // forward: y (n, out) = x (n, in) @ W^T.  wt: (nnzb, C, R) block-transposed values.
@@ -133,7 +64,7 @@ template <int R, int C>
 static void fwd_fixed(const float* x, int64_t n, int64_t ldx, const float* wt, const int64_t* row_ptr,
                       const int64_t* col_idx, int64_t nbr, float* y, int64_t ldy) {
   constexpr int NV = R / lanes_for(R);
-  constexpr int T = NV == 1 ? 12 : (NV == 2 ? 6 : 4);
+  constexpr int T = token_tile(NV);
   const int64_t ntiles = (n + T - 1) / T;
   par_chunks(ntiles, 1, [&](int64_t b, int64_t e) {
     for (int64_t tile = b; tile < e; ++tile) {
@@ -202,7 +133,7 @@ template <int R, int C>
 static void igrad_fixed(const float* dy, int64_t n, int64_t lddy, const float* vals, const int64_t* t_row_ptr,
                         const int64_t* t_col_idx, const int64_t* perm, int64_t nbc, float* dx, int64_t lddx) {
   constexpr int NV = C / lanes_for(C);
-  constexpr int T = NV == 1 ? 12 : (NV == 2 ? 6 : 4);
+  constexpr int T = token_tile(NV);
   const int64_t ntiles = (n + T - 1) / T;
   par_chunks(ntiles, 1, [&](int64_t b, int64_t e) {
     for (int64_t tile = b; tile < e; ++tile) {
@@ -305,64 +236,107 @@ static void wgrad_fixed(const float* dy, int64_t lddy, const float* x, int64_t l
 
 
 // --------------------------------------------------------------------------------------
-// 4x4 blocks, AVX-512: a 16-lane vector holds 4 tokens x 4 block columns, so x / dy rows
-// are read 16 bytes at a time straight from the row-major activations.
-#if defined(__AVX512F__)
+// 4x4 blocks on AVX-512 / AVX2: a vector of KL = 4 * KTOK lanes holds KTOK rows of 4 floats
+// (KTOK tokens x 4 block columns in the products, KTOK blocks x 4 columns in the weight
+// gradient), so x / dy rows are read 16 bytes at a time straight from the row-major activations.
+#if defined(__AVX512F__) || defined(__AVX2__)
 #define SB_HAVE_K44 1
-static inline __m512 gather4rows(const float* p, int64_t ld) {
-  __m512 v = _mm512_castps128_ps512(_mm_loadu_ps(p));
-  v = _mm512_insertf32x4(v, _mm_loadu_ps(p + ld), 1);
-  v = _mm512_insertf32x4(v, _mm_loadu_ps(p + 2 * ld), 2);
-  v = _mm512_insertf32x4(v, _mm_loadu_ps(p + 3 * ld), 3);
-  return v;
+#if defined(__AVX512F__)
+typedef __m512 KV;
+constexpr int KTOK = 4;
+constexpr int KG = 4;  // token groups per tile: 16 accumulators + 4 weights + 1 input of 32 registers
+static inline KV k_zero() { return _mm512_setzero_ps(); }
+static inline KV k_load(const float* p) { return _mm512_loadu_ps(p); }
+static inline void k_store(float* p, KV v) { _mm512_storeu_ps(p, v); }
+static inline KV k_bcast4(const float* p) { return _mm512_broadcast_f32x4(_mm_loadu_ps(p)); }
+static inline KV k_set1(float s) { return _mm512_set1_ps(s); }
+static inline KV k_fma(KV a, KV b, KV c) { return _mm512_fmadd_ps(a, b, c); }
+static inline KV k_add(KV a, KV b) { return _mm512_add_ps(a, b); }
+static inline KV k_rows(const float* const* p, int64_t off) {
+  KV v = _mm512_castps128_ps512(_mm_loadu_ps(p[0] + off));
+  v = _mm512_insertf32x4(v, _mm_loadu_ps(p[1] + off), 1);
+  v = _mm512_insertf32x4(v, _mm_loadu_ps(p[2] + off), 2);
+  return _mm512_insertf32x4(v, _mm_loadu_ps(p[3] + off), 3);
 }
-// a0..a3 have lanes (u, c); returns lanes (u, r) = sum_c a_r(u, c).
-static inline __m512 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
-  __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
-  __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
-  return _mm512_add_ps(_mm512_shuffle_ps(s01, s23, 0x44), _mm512_shuffle_ps(s01, s23, 0xEE));
+static inline void k_store_rows(float* o, int64_t ld, KV v) {
+  _mm_storeu_ps(o, _mm512_castps512_ps128(v));
+  _mm_storeu_ps(o + ld, _mm512_extractf32x4_ps(v, 1));
+  _mm_storeu_ps(o + 2 * ld, _mm512_extractf32x4_ps(v, 2));
+  _mm_storeu_ps(o + 3 * ld, _mm512_extractf32x4_ps(v, 3));
+}
+#define K_UNPACKLO _mm512_unpacklo_ps
+#define K_UNPACKHI _mm512_unpackhi_ps
+#define K_SHUFFLE _mm512_shuffle_ps
+#else
+typedef __m256 KV;
+constexpr int KTOK = 2;
+constexpr int KG = 2;  // 8 accumulators + 4 weights + 1 input of 16 registers
+static inline KV k_zero() { return _mm256_setzero_ps(); }
+static inline KV k_load(const float* p) { return _mm256_loadu_ps(p); }
+static inline void k_store(float* p, KV v) { _mm256_storeu_ps(p, v); }
+static inline KV k_bcast4(const float* p) { return _mm256_broadcast_ps((const __m128*)p); }
+static inline KV k_set1(float s) { return _mm256_set1_ps(s); }
+static inline KV k_fma(KV a, KV b, KV c) { return _mm256_fmadd_ps(a, b, c); }
+static inline KV k_add(KV a, KV b) { return _mm256_add_ps(a, b); }
+static inline KV k_rows(const float* const* p, int64_t off) {
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(p[0] + off)), _mm_loadu_ps(p[1] + off), 1);
+}
+static inline void k_store_rows(float* o, int64_t ld, KV v) {
+  _mm_storeu_ps(o, _mm256_castps256_ps128(v));
+  _mm_storeu_ps(o + ld, _mm256_extractf128_ps(v, 1));
+}
+#define K_UNPACKLO _mm256_unpacklo_ps
+#define K_UNPACKHI _mm256_unpackhi_ps
+#define K_SHUFFLE _mm256_shuffle_ps
+#endif
+constexpr int KL = 4 * KTOK;
+
+// KTOK rows of 4 floats, ld apart, into one vector
+static inline KV k_strided(const float* p, int64_t ld) {
+  const float* rows[KTOK];
+  for (int u = 0; u < KTOK; ++u) rows[u] = p + u * ld;
+  return k_rows(rows, 0);
+}
+
+// a0..a3 have lanes (u, c); returns lanes (u, r) = sum_c a_r(u, c). All shuffles stay inside
+// 128-bit lanes, so the same sequence serves 256- and 512-bit vectors.
+static inline KV reduce4(KV a0, KV a1, KV a2, KV a3) {
+  KV s01 = k_add(K_UNPACKLO(a0, a1), K_UNPACKHI(a0, a1));
+  KV s23 = k_add(K_UNPACKLO(a2, a3), K_UNPACKHI(a2, a3));
+  return k_add(K_SHUFFLE(s01, s23, 0x44), K_SHUFFLE(s01, s23, 0xEE));
 }
 
 // out[t, br*4 + r] = sum_{k in row br} sum_c in[t, col[k]*4 + c] * B_k[r][c]
 // (B = W for the forward product; B = block-transposed W in transposed order for dx).
-// `packed` holds the 4G-token tile of `in` pre-gathered as (block column q, group g) ->
-// 16 lanes (u, c) = in[4g + u, 4q + c], so the inner loop does plain contiguous loads.
+// `packed` holds the KTOK*G-token tile of `in` pre-gathered as (block column q, group g) ->
+// KL lanes (u, c) = in[KTOK*g + u, 4q + c], so the inner loop does plain contiguous loads.
 template <int G>
 static inline void k44_tokens(const float* __restrict packed, const float* __restrict B,
                               const int64_t* __restrict row_ptr, const int64_t* __restrict col_idx, int64_t nbr,
                               float* __restrict out, int64_t ldo) {
   for (int64_t br = 0; br < nbr; ++br) {
-    __m512 acc[G][4];
+    KV acc[G][4];
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g)
 #pragma GCC unroll 4
-      for (int r = 0; r < 4; ++r) acc[g][r] = _mm512_setzero_ps();
+      for (int r = 0; r < 4; ++r) acc[g][r] = k_zero();
     const int64_t k1 = row_ptr[br + 1];
     for (int64_t k = row_ptr[br]; k < k1; ++k) {
       const float* b = B + k * 16;
-      const __m512 w0 = _mm512_broadcast_f32x4(_mm_loadu_ps(b));
-      const __m512 w1 = _mm512_broadcast_f32x4(_mm_loadu_ps(b + 4));
-      const __m512 w2 = _mm512_broadcast_f32x4(_mm_loadu_ps(b + 8));
-      const __m512 w3 = _mm512_broadcast_f32x4(_mm_loadu_ps(b + 12));
-      const float* xb = packed + col_idx[k] * (16 * G);
+      const KV w0 = k_bcast4(b), w1 = k_bcast4(b + 4), w2 = k_bcast4(b + 8), w3 = k_bcast4(b + 12);
+      const float* xb = packed + col_idx[k] * (KL * G);
 #pragma GCC unroll 8
       for (int g = 0; g < G; ++g) {
-        const __m512 X = _mm512_loadu_ps(xb + 16 * g);
-        acc[g][0] = _mm512_fmadd_ps(X, w0, acc[g][0]);
-        acc[g][1] = _mm512_fmadd_ps(X, w1, acc[g][1]);
-        acc[g][2] = _mm512_fmadd_ps(X, w2, acc[g][2]);
-        acc[g][3] = _mm512_fmadd_ps(X, w3, acc[g][3]);
+        const KV X = k_load(xb + KL * g);
+        acc[g][0] = k_fma(X, w0, acc[g][0]);
+        acc[g][1] = k_fma(X, w1, acc[g][1]);
+        acc[g][2] = k_fma(X, w2, acc[g][2]);
+        acc[g][3] = k_fma(X, w3, acc[g][3]);
       }
     }
 #pragma GCC unroll 8
-    for (int g = 0; g < G; ++g) {
-      const __m512 res = reduce4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
-      float* o = out + 4 * g * ldo + br * 4;
-      _mm_storeu_ps(o, _mm512_castps512_ps128(res));
-      _mm_storeu_ps(o + ldo, _mm512_extractf32x4_ps(res, 1));
-      _mm_storeu_ps(o + 2 * ldo, _mm512_extractf32x4_ps(res, 2));
-      _mm_storeu_ps(o + 3 * ldo, _mm512_extractf32x4_ps(res, 3));
-    }
+    for (int g = 0; g < G; ++g)
+      k_store_rows(out + KTOK * g * ldo + br * 4, ldo, reduce4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]));
   }
 }
 
@@ -370,8 +344,7 @@ template <int G>
 static inline void k44_pack(const float* __restrict in, int64_t ldi, int64_t ncb, float* __restrict packed) {
   for (int64_t q = 0; q < ncb; ++q)
 #pragma GCC unroll 8
-    for (int g = 0; g < G; ++g)
-      _mm512_storeu_ps(packed + (q * G + g) * 16, gather4rows(in + 4 * g * ldi + 4 * q, ldi));
+    for (int g = 0; g < G; ++g) k_store(packed + (q * G + g) * KL, k_strided(in + KTOK * g * ldi + 4 * q, ldi));
 }
 
 static inline void k44_one_token(const float* __restrict in, const float* __restrict B,
@@ -381,8 +354,7 @@ static inline void k44_one_token(const float* __restrict in, const float* __rest
     __m128 acc = _mm_setzero_ps();
     for (int64_t k = row_ptr[br]; k < row_ptr[br + 1]; ++k) {
       const float* b = B + k * 16;
-      const float* xb = in + col_idx[k] * 4;
-      __m128 X = _mm_loadu_ps(xb);
+      const __m128 X = _mm_loadu_ps(in + col_idx[k] * 4);
       // lanes r: sum_c X[c] * b[r][c]
       __m128 p0 = _mm_mul_ps(X, _mm_loadu_ps(b)), p1 = _mm_mul_ps(X, _mm_loadu_ps(b + 4));
       __m128 p2 = _mm_mul_ps(X, _mm_loadu_ps(b + 8)), p3 = _mm_mul_ps(X, _mm_loadu_ps(b + 12));
@@ -396,21 +368,20 @@ static inline void k44_one_token(const float* __restrict in, const float* __rest
 
 static void k44_apply(const float* in, int64_t n, int64_t ldi, int64_t ncb, const float* B, const int64_t* row_ptr,
                       const int64_t* col_idx, int64_t nbr, float* out, int64_t ldo) {
-  constexpr int G = 4;
-  constexpr int T = 4 * G;
+  constexpr int T = KTOK * KG;
   const int64_t ntiles = (n + T - 1) / T;
   par_chunks(ntiles, 1, [&](int64_t b, int64_t e) {
     static thread_local std::vector<float> buf;
-    if (buf.size() < (size_t)ncb * 16 * G + 16) buf.resize((size_t)ncb * 16 * G + 16);
+    if (buf.size() < (size_t)ncb * KL * KG + 16) buf.resize((size_t)ncb * KL * KG + 16);
     float* packed = buf.data();
     for (int64_t tile = b; tile < e; ++tile) {
       const int64_t t0 = tile * T;
       if (t0 + T <= n) {
-        k44_pack<G>(in + t0 * ldi, ldi, ncb, packed);
-        k44_tokens<G>(packed, B, row_ptr, col_idx, nbr, out + t0 * ldo, ldo);
+        k44_pack<KG>(in + t0 * ldi, ldi, ncb, packed);
+        k44_tokens<KG>(packed, B, row_ptr, col_idx, nbr, out + t0 * ldo, ldo);
       } else {
         int64_t t = t0;
-        for (; t + 4 <= n; t += 4) {
+        for (; t + KTOK <= n; t += KTOK) {
           k44_pack<1>(in + t * ldi, ldi, ncb, packed);
           k44_tokens<1>(packed, B, row_ptr, col_idx, nbr, out + t * ldo, ldo);
         }
@@ -420,16 +391,16 @@ static void k44_apply(const float* in, int64_t n, int64_t ldi, int64_t ncb, cons
   });
 }
 
-// weight grad, 4x4: lanes (j, c) = 4 kept blocks j of one block row x 4 columns c.
-// groups: per block row, kept blocks taken 4 at a time (the last group padded by repeating
-// its last block; padded lanes are discarded).  scratch: (ngroups, 4 r, 16 lanes).
+// weight grad, 4x4: lanes (j, c) = KTOK kept blocks j of one block row x 4 columns c.
+// groups: per block row, kept blocks taken KTOK at a time (the last group padded by repeating its
+// last block; padded lanes are discarded). scratch: (ngroups, 4 r, KL lanes).
 static void wgrad44(const float* dy, int64_t lddy, const float* x, int64_t ldx, int64_t n, const int64_t* row_ptr,
                     const int64_t* col_idx, int64_t nbr, int64_t nnzb, float* g) {
-  // group table
   std::vector<int64_t> grp_ptr(nbr + 1, 0);
-  for (int64_t br = 0; br < nbr; ++br) grp_ptr[br + 1] = grp_ptr[br] + (row_ptr[br + 1] - row_ptr[br] + 3) / 4;
+  for (int64_t br = 0; br < nbr; ++br)
+    grp_ptr[br + 1] = grp_ptr[br] + (row_ptr[br + 1] - row_ptr[br] + KTOK - 1) / KTOK;
   const int64_t ngroups = grp_ptr[nbr];
-  std::vector<float> scratch((size_t)ngroups * 64);
+  std::vector<float> scratch((size_t)ngroups * 4 * KL);
   const int64_t TT = 32;
   // split block rows into contiguous ranges of ~equal kept-block count
   const int64_t nthr = std::max(1, at::get_num_threads());
@@ -451,80 +422,54 @@ static void wgrad44(const float* dy, int64_t lddy, const float* x, int64_t ldx, 
         const int64_t k0 = row_ptr[br], k1 = row_ptr[br + 1];
         const float* d = dy + br * 4;
         int64_t gi = grp_ptr[br];
-        for (int64_t k = k0; k < k1; k += 8, gi += 2) {
+        for (int64_t k = k0; k < k1; k += 2 * KTOK, gi += 2) {
           const int64_t last = k1 - 1;
-          const float* xa0 = x + col_idx[std::min(k, last)] * 4;
-          const float* xa1 = x + col_idx[std::min(k + 1, last)] * 4;
-          const float* xa2 = x + col_idx[std::min(k + 2, last)] * 4;
-          const float* xa3 = x + col_idx[std::min(k + 3, last)] * 4;
-          const bool two = k + 4 < k1;
-          const float* xb0 = x + col_idx[std::min(k + 4, last)] * 4;
-          const float* xb1 = x + col_idx[std::min(k + 5, last)] * 4;
-          const float* xb2 = x + col_idx[std::min(k + 6, last)] * 4;
-          const float* xb3 = x + col_idx[std::min(k + 7, last)] * 4;
-          float* s0 = sc + gi * 64;
-          __m512 a[4], bacc[4];
-          if (t0 == 0) {
-            for (int r = 0; r < 4; ++r) a[r] = bacc[r] = _mm512_setzero_ps();
-          } else {
-            for (int r = 0; r < 4; ++r) {
-              a[r] = _mm512_loadu_ps(s0 + 16 * r);
-              bacc[r] = two ? _mm512_loadu_ps(s0 + 64 + 16 * r) : _mm512_setzero_ps();
-            }
+          const float* xa[KTOK];
+          const float* xb[KTOK];
+          for (int j = 0; j < KTOK; ++j) {
+            xa[j] = x + col_idx[std::min(k + j, last)] * 4;
+            xb[j] = x + col_idx[std::min(k + KTOK + j, last)] * 4;
+          }
+          const bool two = k + KTOK < k1;
+          float* s0 = sc + gi * 4 * KL;
+          KV a[4], bacc[4];
+          for (int r = 0; r < 4; ++r) {
+            a[r] = t0 == 0 ? k_zero() : k_load(s0 + KL * r);
+            bacc[r] = (t0 == 0 || !two) ? k_zero() : k_load(s0 + 4 * KL + KL * r);
           }
           if (two) {
             for (int64_t t = t0; t < t1; ++t) {
-              const int64_t ox = t * ldx;
-              __m512 XA = _mm512_castps128_ps512(_mm_loadu_ps(xa0 + ox));
-              XA = _mm512_insertf32x4(XA, _mm_loadu_ps(xa1 + ox), 1);
-              XA = _mm512_insertf32x4(XA, _mm_loadu_ps(xa2 + ox), 2);
-              XA = _mm512_insertf32x4(XA, _mm_loadu_ps(xa3 + ox), 3);
-              __m512 XB = _mm512_castps128_ps512(_mm_loadu_ps(xb0 + ox));
-              XB = _mm512_insertf32x4(XB, _mm_loadu_ps(xb1 + ox), 1);
-              XB = _mm512_insertf32x4(XB, _mm_loadu_ps(xb2 + ox), 2);
-              XB = _mm512_insertf32x4(XB, _mm_loadu_ps(xb3 + ox), 3);
+              const KV XA = k_rows(xa, t * ldx), XB = k_rows(xb, t * ldx);
               const float* dr = d + t * lddy;
 #pragma GCC unroll 4
               for (int r = 0; r < 4; ++r) {
-                const __m512 s = _mm512_set1_ps(dr[r]);
-                a[r] = _mm512_fmadd_ps(s, XA, a[r]);
-                bacc[r] = _mm512_fmadd_ps(s, XB, bacc[r]);
+                const KV s = k_set1(dr[r]);
+                a[r] = k_fma(s, XA, a[r]);
+                bacc[r] = k_fma(s, XB, bacc[r]);
               }
             }
           } else {
             int64_t t = t0;
             for (; t + 2 <= t1; t += 2) {
-              const int64_t ox = t * ldx;
-              __m512 XA = _mm512_castps128_ps512(_mm_loadu_ps(xa0 + ox));
-              XA = _mm512_insertf32x4(XA, _mm_loadu_ps(xa1 + ox), 1);
-              XA = _mm512_insertf32x4(XA, _mm_loadu_ps(xa2 + ox), 2);
-              XA = _mm512_insertf32x4(XA, _mm_loadu_ps(xa3 + ox), 3);
-              __m512 XB = _mm512_castps128_ps512(_mm_loadu_ps(xa0 + ox + ldx));
-              XB = _mm512_insertf32x4(XB, _mm_loadu_ps(xa1 + ox + ldx), 1);
-              XB = _mm512_insertf32x4(XB, _mm_loadu_ps(xa2 + ox + ldx), 2);
-              XB = _mm512_insertf32x4(XB, _mm_loadu_ps(xa3 + ox + ldx), 3);
+              const KV XA = k_rows(xa, t * ldx), XB = k_rows(xa, (t + 1) * ldx);
               const float* dr = d + t * lddy;
 #pragma GCC unroll 4
               for (int r = 0; r < 4; ++r) {
-                a[r] = _mm512_fmadd_ps(_mm512_set1_ps(dr[r]), XA, a[r]);
-                bacc[r] = _mm512_fmadd_ps(_mm512_set1_ps(dr[lddy + r]), XB, bacc[r]);
+                a[r] = k_fma(k_set1(dr[r]), XA, a[r]);
+                bacc[r] = k_fma(k_set1(dr[lddy + r]), XB, bacc[r]);
               }
             }
             for (; t < t1; ++t) {
-              const int64_t ox = t * ldx;
-              __m512 XA = _mm512_castps128_ps512(_mm_loadu_ps(xa0 + ox));
-              XA = _mm512_insertf32x4(XA, _mm_loadu_ps(xa1 + ox), 1);
-              XA = _mm512_insertf32x4(XA, _mm_loadu_ps(xa2 + ox), 2);
-              XA = _mm512_insertf32x4(XA, _mm_loadu_ps(xa3 + ox), 3);
+              const KV XA = k_rows(xa, t * ldx);
               const float* dr = d + t * lddy;
 #pragma GCC unroll 4
-              for (int r = 0; r < 4; ++r) a[r] = _mm512_fmadd_ps(_mm512_set1_ps(dr[r]), XA, a[r]);
+              for (int r = 0; r < 4; ++r) a[r] = k_fma(k_set1(dr[r]), XA, a[r]);
             }
-            for (int r = 0; r < 4; ++r) a[r] = _mm512_add_ps(a[r], bacc[r]);
+            for (int r = 0; r < 4; ++r) a[r] = k_add(a[r], bacc[r]);
           }
           for (int r = 0; r < 4; ++r) {
-            _mm512_storeu_ps(s0 + 16 * r, a[r]);
-            if (two) _mm512_storeu_ps(s0 + 64 + 16 * r, bacc[r]);
+            k_store(s0 + KL * r, a[r]);
+            if (two) k_store(s0 + 4 * KL + KL * r, bacc[r]);
           }
         }
       }
@@ -533,14 +478,14 @@ static void wgrad44(const float* dy, int64_t lddy, const float* x, int64_t ldx, 
     for (int64_t br = b0; br < b1; ++br) {
       const int64_t k0 = row_ptr[br], k1 = row_ptr[br + 1];
       for (int64_t k = k0; k < k1; ++k) {
-        const int64_t q = k - k0, gi = grp_ptr[br] + q / 4, j = q % 4;
+        const int64_t q = k - k0, gi = grp_ptr[br] + q / KTOK, j = q % KTOK;
         for (int r = 0; r < 4; ++r)
-          for (int c = 0; c < 4; ++c) g[k * 16 + r * 4 + c] = sc[gi * 64 + r * 16 + j * 4 + c];
+          for (int c = 0; c < 4; ++c) g[k * 16 + r * 4 + c] = sc[gi * 4 * KL + r * KL + j * 4 + c];
       }
     }
   });
 }
-#endif  // __AVX512F__
+#endif  // AVX-512 / AVX2 4x4 path
 
 // --------------------------------------------------------------------------------------
 // generic fallbacks (any R, C)
@@ -624,11 +569,39 @@ static void wgrad_generic(const float* dy, int64_t lddy, const float* x, int64_t
     case 32016: CALL(32, 16); break;  case 32032: CALL(32, 32); break;      \
     default: handled = false;                                               \
   }
+// block row of each kept block
+static std::vector<int64_t> block_rows(const int64_t* rp, int64_t nbr, int64_t nnzb) {
+  std::vector<int64_t> blk_row(nnzb);
+  for (int64_t br = 0; br < nbr; ++br)
+    for (int64_t k = rp[br]; k < rp[br + 1]; ++k) blk_row[k] = br;
+  return blk_row;
+}
 
-torch::Tensor forward(torch::Tensor x, torch::Tensor values, torch::Tensor row_ptr, torch::Tensor col_idx,
-                      int64_t out_features) {
-  const int64_t n = x.size(0), nnzb = values.size(0), R = values.size(1), C = values.size(2);
-  const int64_t nbr = row_ptr.size(0) - 1;
+static torch::Tensor check_values(const torch::Tensor& v) {
+  TORCH_CHECK_VALUE(v.device().is_cpu(), "values must be on the CPU, got device ", v.device());
+  TORCH_CHECK_VALUE(v.scalar_type() == torch::kFloat, "values must be float32, got ", v.scalar_type());
+  TORCH_CHECK_VALUE(v.dim() == 3 && v.size(1) >= 1 && v.size(2) >= 1,
+                    "values must have shape (nnzb, R, C) with R, C >= 1, got ", v.sizes());
+  return v.contiguous();
+}
+
+static int64_t divide(int64_t total, int64_t block, const char* what) {
+  TORCH_CHECK_VALUE(total % block == 0, what, "=", total, " is not a multiple of the block size ", block);
+  return total / block;
+}
+
+torch::Tensor forward_impl(const torch::Tensor& x_in, const torch::Tensor& values_in, const torch::Tensor& row_ptr_in,
+                           const torch::Tensor& col_idx_in, int64_t out_features) {
+  auto values = check_values(values_in);
+  const int64_t nnzb = values.size(0), R = values.size(1), C = values.size(2);
+  auto x = check_dense("x", x_in);
+  const int64_t nbc = divide(x.size(1), C, "x.size(1) (in_features)");
+  const int64_t nbr = divide(out_features, R, "out_features");
+  auto row_ptr = check_index("row_ptr", row_ptr_in, torch::kLong, nbr + 1);
+  auto col_idx = check_index("col_idx", col_idx_in, torch::kLong, nnzb);
+  check_compressed<int64_t>("row_ptr", row_ptr, "col_idx", col_idx, nbc);
+
+  const int64_t n = x.size(0);
   auto y = empty_out(n, out_features, x.options());
   if (n == 0) return y;
   const float* xp = x.data_ptr<float>();
@@ -639,7 +612,7 @@ torch::Tensor forward(torch::Tensor x, torch::Tensor values, torch::Tensor row_p
   bool handled = true;
 #if defined(SB_HAVE_K44)
   if (R == 4 && C == 4) {
-    k44_apply(xp, n, ldx, x.size(1) / 4, values.data_ptr<float>(), rp, ci, nbr, yp, ldy);
+    k44_apply(xp, n, ldx, nbc, values.data_ptr<float>(), rp, ci, nbr, yp, ldy);
     return y;
   }
 #endif
@@ -657,10 +630,45 @@ torch::Tensor forward(torch::Tensor x, torch::Tensor values, torch::Tensor row_p
   return y;
 }
 
-torch::Tensor input_grad(torch::Tensor dy, torch::Tensor values, torch::Tensor t_row_ptr, torch::Tensor t_col_idx,
-                         torch::Tensor perm, int64_t in_features) {
-  const int64_t n = dy.size(0), R = values.size(1), C = values.size(2);
-  const int64_t nbc = t_row_ptr.size(0) - 1;
+}  // namespace
+
+// y = x @ W^T for BSR W (out_features x in): x (n, in) float32, values (nnzb, R, C), row_ptr
+// (out/R + 1) and col_idx (nnzb) int64 as torch's to_sparse_bsr gives them.
+torch::Tensor bsr_forward(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& row_ptr,
+                          const torch::Tensor& col_idx, int64_t out_features) {
+  return forward_impl(x, values, row_ptr, col_idx, out_features);
+}
+
+// The training op: bsr_forward, taking the block-column structure too so that its backward (in
+// Python, torch.library.register_autograd) needs nothing but the op's inputs.
+torch::Tensor bsr_linear(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& row_ptr,
+                         const torch::Tensor& col_idx, const torch::Tensor& t_row_ptr, const torch::Tensor& t_col_idx,
+                         const torch::Tensor& perm, int64_t out_features) {
+  TORCH_CHECK_VALUE(values.dim() == 3, "values must have shape (nnzb, R, C), got ", values.sizes());
+  TORCH_CHECK_VALUE(x.dim() == 2 && values.size(2) > 0, "x must be 2-D, got shape ", x.sizes());
+  check_index("t_row_ptr", t_row_ptr, torch::kLong, x.size(1) / values.size(2) + 1);
+  check_index("t_col_idx", t_col_idx, torch::kLong, values.size(0));
+  check_index("perm", perm, torch::kLong, values.size(0));
+  return forward_impl(x, values, row_ptr, col_idx, out_features);
+}
+
+// dx = dy @ W over the block-column structure: t_row_ptr (in/C + 1) over block columns, t_col_idx
+// the block row of each kept block, perm its index in values.
+torch::Tensor bsr_input_grad(const torch::Tensor& dy_in, const torch::Tensor& values_in,
+                             const torch::Tensor& t_row_ptr_in, const torch::Tensor& t_col_idx_in,
+                             const torch::Tensor& perm_in, int64_t in_features) {
+  auto values = check_values(values_in);
+  const int64_t nnzb = values.size(0), R = values.size(1), C = values.size(2);
+  const int64_t nbc = divide(in_features, C, "in_features");
+  auto dy = check_dense("dy", dy_in);
+  const int64_t nbr = divide(dy.size(1), R, "dy.size(1) (out_features)");
+  auto t_row_ptr = check_index("t_row_ptr", t_row_ptr_in, torch::kLong, nbc + 1);
+  auto t_col_idx = check_index("t_col_idx", t_col_idx_in, torch::kLong, nnzb);
+  auto perm = check_index("perm", perm_in, torch::kLong, nnzb);
+  check_compressed<int64_t>("t_row_ptr", t_row_ptr, "t_col_idx", t_col_idx, nbr);
+  check_compressed<int64_t>("t_row_ptr", t_row_ptr, "perm", perm, nnzb);
+
+  const int64_t n = dy.size(0);
   auto dx = empty_out(n, in_features, dy.options());
   if (n == 0) return dx;
   const float* dp = dy.data_ptr<float>();
@@ -675,7 +683,7 @@ torch::Tensor input_grad(torch::Tensor dy, torch::Tensor values, torch::Tensor t
   if (R == 4 && C == 4) {
     // B_p = W_{perm[p]}^T, in transposed (block-column) order
     auto bt = values.index_select(0, perm).transpose(1, 2).contiguous();
-    k44_apply(dp, n, lddy, dy.size(1) / 4, bt.data_ptr<float>(), rp, ci, nbc, xp, lddx);
+    k44_apply(dp, n, lddy, nbr, bt.data_ptr<float>(), rp, ci, nbc, xp, lddx);
     return dx;
   }
 #endif
@@ -686,16 +694,25 @@ torch::Tensor input_grad(torch::Tensor dy, torch::Tensor values, torch::Tensor t
   return dx;
 }
 
-torch::Tensor weight_grad(torch::Tensor dy, torch::Tensor x, torch::Tensor row_ptr, torch::Tensor col_idx,
-                          int64_t R, int64_t C) {
-  const int64_t n = dy.size(0), nnzb = col_idx.size(0), nbr = row_ptr.size(0) - 1;
+// (dy^T @ x) at the kept blocks, (nnzb, R, C) in the order of values.
+torch::Tensor bsr_weight_grad(const torch::Tensor& dy_in, const torch::Tensor& x_in, const torch::Tensor& row_ptr_in,
+                              const torch::Tensor& col_idx_in, int64_t R, int64_t C) {
+  TORCH_CHECK_VALUE(R >= 1 && C >= 1, "block sizes must be >= 1, got (", R, ", ", C, ")");
+  auto dy = check_dense("dy", dy_in);
+  auto x = check_dense("x", x_in);
+  TORCH_CHECK_VALUE(dy.size(0) == x.size(0), "dy and x must have the same number of rows, got ", dy.size(0), " and ",
+                    x.size(0));
+  const int64_t nbr = divide(dy.size(1), R, "dy.size(1) (out_features)");
+  const int64_t nbc = divide(x.size(1), C, "x.size(1) (in_features)");
+  auto row_ptr = check_index("row_ptr", row_ptr_in, torch::kLong, nbr + 1);
+  auto col_idx = check_index("col_idx", col_idx_in, torch::kLong);
+  check_compressed<int64_t>("row_ptr", row_ptr, "col_idx", col_idx, nbc);
+
+  const int64_t n = dy.size(0), nnzb = col_idx.size(0);
   auto g = torch::empty({nnzb, R, C}, x.options());
   if (nnzb == 0) return g;
-  // block row of each kept block
-  std::vector<int64_t> blk_row(nnzb);
   const int64_t* rp = row_ptr.data_ptr<int64_t>();
-  for (int64_t br = 0; br < nbr; ++br)
-    for (int64_t k = rp[br]; k < rp[br + 1]; ++k) blk_row[k] = br;
+  std::vector<int64_t> blk_row = block_rows(rp, nbr, nnzb);
   const float* dp = dy.data_ptr<float>();
   const float* xp = x.data_ptr<float>();
   const int64_t* ci = col_idx.data_ptr<int64_t>();
@@ -715,20 +732,4 @@ torch::Tensor weight_grad(torch::Tensor dy, torch::Tensor x, torch::Tensor row_p
   return g;
 }
 
-int64_t probe(int64_t a) { return a + at::get_num_threads() * 0; }
-
-}  // namespace
-
-// csr_cpu.cpp
-torch::Tensor csr_spmm(torch::Tensor row_ptr, torch::Tensor col, torch::Tensor vals, torch::Tensor B,
-                       c10::optional<torch::Tensor> bias);
-torch::Tensor csr_sddmm(torch::Tensor row_ptr, torch::Tensor col, torch::Tensor A, torch::Tensor B);
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("csr_spmm", &csr_spmm, "CSR x dense, feature-major (unchecked; use the Python wrapper)");
-  m.def("csr_sddmm", &csr_sddmm, "dense . dense^T at CSR positions (unchecked)");
-  m.def("forward", &forward, "BSR forward y = x @ W^T (unchecked; use the Python wrapper)");
-  m.def("input_grad", &input_grad, "BSR input grad dx = dy @ W (unchecked)");
-  m.def("weight_grad", &weight_grad, "BSR weight grad at kept blocks (unchecked)");
-  m.def("probe", &probe, "smoke test");
-}
+}  // namespace sparsebench

@@ -1,0 +1,49 @@
+// The op library `sparse_linear`: sparse training products for linear layers (BSR blocks, CSR
+// elements) on the CPU, as PyTorch custom operators. Schemas here; the CPU kernels in bsr.cpp and
+// csr.cpp; the fake (meta) and autograd registrations in Python (sparsebench/kernels/ops.py).
+#include "common.h"
+
+#include <string>
+
+namespace sparsebench {
+torch::Tensor bsr_forward(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                          int64_t);
+torch::Tensor bsr_linear(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                         const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t);
+torch::Tensor bsr_input_grad(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                             const torch::Tensor&, int64_t);
+torch::Tensor bsr_weight_grad(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                              int64_t, int64_t);
+torch::Tensor csr_spmm(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                       const std::optional<torch::Tensor>&);
+torch::Tensor csr_sddmm(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&);
+torch::Tensor csr_linear_t(const torch::Tensor&, const torch::Tensor&, const std::optional<torch::Tensor>&,
+                           const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                           const torch::Tensor&);
+
+std::string isa() { return SB_ISA; }
+}  // namespace sparsebench
+
+TORCH_LIBRARY(sparse_linear, m) {
+  m.def("isa() -> str", &sparsebench::isa);  // which variant this build is
+  m.def("bsr_forward(Tensor x, Tensor values, Tensor row_ptr, Tensor col_idx, int out_features) -> Tensor");
+  m.def("bsr_linear(Tensor x, Tensor values, Tensor row_ptr, Tensor col_idx, Tensor t_row_ptr, Tensor t_col_idx, "
+        "Tensor perm, int out_features) -> Tensor");
+  m.def("bsr_input_grad(Tensor dy, Tensor values, Tensor t_row_ptr, Tensor t_col_idx, Tensor perm, "
+        "int in_features) -> Tensor");
+  m.def("bsr_weight_grad(Tensor dy, Tensor x, Tensor row_ptr, Tensor col_idx, int R, int C) -> Tensor");
+  m.def("csr_spmm(Tensor row_ptr, Tensor col, Tensor values, Tensor b, Tensor? bias) -> Tensor");
+  m.def("csr_sddmm(Tensor row_ptr, Tensor col, Tensor a, Tensor b) -> Tensor");
+  m.def("csr_linear_t(Tensor x_t, Tensor values, Tensor? bias, Tensor row_ptr, Tensor col, Tensor t_row_ptr, "
+        "Tensor t_col, Tensor perm) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(sparse_linear, CPU, m) {
+  m.impl("bsr_forward", &sparsebench::bsr_forward);
+  m.impl("bsr_linear", &sparsebench::bsr_linear);
+  m.impl("bsr_input_grad", &sparsebench::bsr_input_grad);
+  m.impl("bsr_weight_grad", &sparsebench::bsr_weight_grad);
+  m.impl("csr_spmm", &sparsebench::csr_spmm);
+  m.impl("csr_sddmm", &sparsebench::csr_sddmm);
+  m.impl("csr_linear_t", &sparsebench::csr_linear_t);
+}
