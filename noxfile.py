@@ -20,9 +20,16 @@ def install(session):
 
 @nox.session
 def tests(session):
-    """Unit and Hypothesis property tests."""
+    """Unit and Hypothesis property tests; then, since a process loads one kernel variant, the kernel
+    and sparse-representation property tests once more per other variant this CPU runs."""
     install(session)
     session.run("pytest", "tests", "-q", *session.posargs)
+    others = session.run("python", "-c", "from sparsebench import kernels; v = kernels.variant(); "
+                         "print(' '.join(x for x in kernels.supported_variants() if x != v))", silent=True)
+    for variant in (others or "").split():
+        session.log(f"kernel variant {variant} (SPARSEBENCH_CPU_ISA={variant})")
+        session.run("pytest", "tests/test_kernels.py", "tests/test_representations.py", "-q", "-k",
+                    "test_kernels or csr or bsr_cpp", env={"SPARSEBENCH_CPU_ISA": variant})
 
 
 @nox.session
@@ -42,6 +49,11 @@ def bench(session):
 
 @nox.session
 def layers(session):
-    """The layer benchmark: one training step per representation at real layer shapes, vs dense."""
+    """The layer benchmark: one training step per representation at real layer shapes, vs dense.
+    `nox -s layers -- --targets [--isa avx512 avx2 generic]` instead prints the kernel variants'
+    table against the kernels issue's targets and writes docs/layers.md."""
     install(session)
+    if session.posargs[:1] == ["--targets"]:
+        session.run("python", "benchmarks/layer_targets.py", *session.posargs[1:])
+        return
     session.run("pytest", "benchmarks/bench_layers.py", "-q", *session.posargs)

@@ -1,10 +1,8 @@
 """One training step of a single layer (forward, backward with input gradient, Adam step), the unit
-the layer benchmark times. Shared by the benchmark and by ``auto``-style measurements."""
+the layer benchmark times. Timing itself is ``sparsebench.timing`` (interleaved, one ratio
+convention: speed-up = 1 / time_ratio)."""
 
 from __future__ import annotations
-
-import statistics
-import time
 
 import torch
 from torch import nn
@@ -43,14 +41,3 @@ class LayerStep:
 
     def ledger(self) -> dict[str, int]:
         return memory_ledger(self.model, self.optimizer)
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def interleaved_ratio(dense_times: list[float], sparse_times: list[float]) -> float:
-    """Speed-up against dense: median dense step time over median sparse step time (> 1: faster)."""
-    return statistics.median(dense_times) / statistics.median(sparse_times)

@@ -288,6 +288,15 @@ def _op_cases():
     yield "csr_linear_t-nobias", ops.csr_linear_t.default, (x_t, vals, None, crow, col, *ts)
     yield "csr_spmm", ops.csr_spmm.default, (crow, col, vals.detach(), x_t.detach(), bias.detach())
     yield "csr_sddmm", ops.csr_sddmm.default, (crow, col, dy_t, x_t.detach())
+    yield "transpose", ops.transpose.default, (torch.randn(70, 37).requires_grad_(),)
+
+
+def test_transpose():
+    for shape in [(0, 3), (1, 1), (32, 32), (70, 37), (129, 64)]:
+        a = torch.randn(*shape)
+        torch.testing.assert_close(kernels.transpose(a), a.t().contiguous(), rtol=0, atol=0)
+    a = torch.randn(40, 50)[:, 5:45]  # row stride 50
+    torch.testing.assert_close(kernels.transpose(a), a.t().contiguous(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", [case[0] for case in _op_cases()])

@@ -42,6 +42,7 @@ __all__ = [
     "csr_spmm",
     "required",
     "supported_variants",
+    "transpose",
     "transpose_structure",
     "unavailable_reason",
     "variant",
@@ -146,6 +147,11 @@ def csr_linear_t(x_t, values, bias, row_ptr, col, transposed) -> torch.Tensor:
     """Feature-major ``y^T = W @ x^T (+ bias)`` for CSR ``W``: ``x_t`` (in, n) -> (out, n),
     differentiable in ``x_t``, ``values`` and ``bias``. ``transposed``: W^T's structure (int32)."""
     return _ops().csr_linear_t(x_t, values, bias, row_ptr, col, *transposed)
+
+
+def transpose(a: torch.Tensor) -> torch.Tensor:
+    """``a^T`` as a contiguous float32 matrix (differentiable): the CSR path's layout change."""
+    return _ops().transpose(a)
 
 
 def csr_spmm(row_ptr, col, values, b: torch.Tensor, cols: int, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -10,6 +10,8 @@ Ops (schemas in csrc/ops.cpp; shape, dtype and index checks in C++, raising Valu
 * ``csr_linear_t(x_t, values, bias, row_ptr, col, t_row_ptr, t_col, perm)``: feature-major
   ``y^T = W @ x^T + bias`` for CSR ``W``, differentiable in ``x_t``, ``values`` and ``bias``; its
   backward is ``csr_spmm`` (on W^T's structure) and ``csr_sddmm``.
+* ``transpose(a)``: ``a^T`` contiguous (differentiable), how the CSR layer's row-major activations
+  become feature-major and back.
 
 Imported by the loader once the library is loaded (the registrations need the schemas).
 """
@@ -58,7 +60,23 @@ def _(x_t, values, bias, row_ptr, col, t_row_ptr, t_col, perm):
     return x_t.new_empty((row_ptr.shape[0] - 1, x_t.shape[1]))
 
 
+@torch.library.register_fake(f"{NS}::transpose")
+def _(a):
+    return a.new_empty((a.shape[1], a.shape[0]))
+
+
 # ------------------------------------------------------------------ autograd
+def _transpose_setup(ctx, inputs, output):
+    pass
+
+
+def _transpose_backward(ctx, grad):
+    return ops.transpose(grad)
+
+
+torch.library.register_autograd(f"{NS}::transpose", _transpose_backward, setup_context=_transpose_setup)
+
+
 def _bsr_setup(ctx, inputs, output):
     x, values, row_ptr, col_idx, t_row_ptr, t_col_idx, perm, _ = inputs
     ctx.save_for_backward(x, values, row_ptr, col_idx, t_row_ptr, t_col_idx, perm)
@@ -85,12 +103,12 @@ def _csr_setup(ctx, inputs, output):
 
 def _csr_backward(ctx, dy_t):
     x_t, values, row_ptr, col, t_row_ptr, t_col, perm = ctx.saved_tensors
-    dy_t = dy_t.contiguous()
+    dy_t = dy_t.contiguous() if dy_t.is_contiguous() or dy_t.stride(0) != 1 else ops.transpose(dy_t.t())
     dx_t = dvalues = dbias = None
     if ctx.needs_input_grad[0]:
         dx_t = ops.csr_spmm(t_row_ptr, t_col, values[perm], dy_t, None)
     if ctx.needs_input_grad[1]:
-        dvalues = ops.csr_sddmm(row_ptr, col, dy_t, x_t.contiguous())
+        dvalues = ops.csr_sddmm(row_ptr, col, dy_t, x_t)
     if ctx.needs_input_grad[2]:
         dbias = dy_t.sum(1)
     return dx_t, dvalues, dbias, None, None, None, None, None

@@ -112,13 +112,13 @@ class CsrWeight(SparseWeight):
 
     def linear(self, x):
         if self._use_kernels(x):
-            return self._kernel_t(x.t(), None).t()
+            return self._kernel_t(kernels.transpose(x), None).t()
         return _CsrTorchMatmul.apply(x, self.values, self.crow, self.col, self.t_crow, self.t_col, self.perm,
                                      self.shape2d)
 
     def linear_bias(self, x, bias):
         if bias is not None and self._use_kernels(x):
-            return self._kernel_t(x.t(), bias).t()
+            return self._kernel_t(kernels.transpose(x), bias).t()
         return super().linear_bias(x, bias)
 
     def conv2d(self, x, stride, padding, dilation):

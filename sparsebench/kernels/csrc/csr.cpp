@@ -20,7 +20,9 @@ namespace {
 template <int TN>
 void spmm_rows(const int32_t* row_ptr, const int32_t* col, const float* vals, const float* B, int64_t K, int64_t n,
                const float* bias, float* out, int64_t r0, int64_t r1) {
-  constexpr int NA = TN / 16;  // 16-float accumulators per row
+  constexpr int L = kMaxLanes;
+  constexpr int NA = TN / L;  // accumulator vectors per row
+  typedef typename VecT<L>::type V;
   std::vector<float> panel_buf(K * TN + 16);
   float* panel = panel_buf.data();
   for (int64_t j0 = 0; j0 < n; j0 += TN) {
@@ -33,23 +35,23 @@ void spmm_rows(const int32_t* row_ptr, const int32_t* col, const float* vals, co
     }
     for (int64_t i = r0; i < r1; ++i) {
       const float b0 = bias ? bias[i] : 0.f;  // the bias starts the sum: no separate pass over the output
-      v16 a[NA];
-#pragma GCC unroll 4
-      for (int q = 0; q < NA; ++q) a[q] = b0 - v16{};
+      V a[NA];
+#pragma GCC unroll 16
+      for (int q = 0; q < NA; ++q) a[q] = b0 - V{};
       const int32_t k1 = row_ptr[i + 1];
       for (int32_t k = row_ptr[i]; k < k1; ++k) {
         const float v = vals[k];
         const float* b = panel + (int64_t)col[k] * TN;
-#pragma GCC unroll 4
-        for (int q = 0; q < NA; ++q) a[q] += v * loadu<16>(b + 16 * q);
+#pragma GCC unroll 16
+        for (int q = 0; q < NA; ++q) a[q] += v * loadu<L>(b + L * q);
       }
       float* o = out + i * n + j0;
       if (w == TN) {
-#pragma GCC unroll 4
-        for (int q = 0; q < NA; ++q) storeu<16>(o + 16 * q, a[q]);
+#pragma GCC unroll 16
+        for (int q = 0; q < NA; ++q) storeu<L>(o + L * q, a[q]);
       } else {
         float tmp[TN];
-        for (int q = 0; q < NA; ++q) storeu<16>(tmp + 16 * q, a[q]);
+        for (int q = 0; q < NA; ++q) storeu<L>(tmp + L * q, a[q]);
         for (int64_t j = 0; j < w; ++j) o[j] = tmp[j];
       }
     }
@@ -59,7 +61,7 @@ void spmm_rows(const int32_t* row_ptr, const int32_t* col, const float* vals, co
 // Panel width: the widest whose K x TN floats fill at most half this core's L2, and no wider than
 // the target's registers hold as accumulators.
 int64_t panel_width(int64_t K) {
-  constexpr int64_t widest = kVRegs >= 32 || kMaxLanes >= 8 ? 64 : 32;
+  constexpr int64_t widest = kMaxLanes >= 8 ? 64 : 32;  // at most 8 accumulator registers on 16-register ISAs
   int64_t tn = widest;
   while (tn > 16 && K * tn * (int64_t)sizeof(float) > l2_bytes() / 2) tn /= 2;
   return tn;
@@ -91,7 +93,7 @@ torch::Tensor csr_spmm(const torch::Tensor& row_ptr_in, const torch::Tensor& col
     TORCH_CHECK_VALUE(bias.scalar_type() == torch::kFloat && bias.device().is_cpu(), "bias must be float32 on the CPU");
     TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == M, "bias must have shape (", M, ",), got ", bias.sizes());
   }
-  auto out = torch::empty({M, n}, B.options());
+  auto out = empty_out(M, n, B.options());
   if (M == 0 || n == 0) return out;
   const int32_t* rp = row_ptr.data_ptr<int32_t>();
   const int32_t* ci = col.data_ptr<int32_t>();
@@ -159,6 +161,35 @@ torch::Tensor csr_sddmm(const torch::Tensor& row_ptr_in, const torch::Tensor& co
     }
   });
   return g;
+}
+
+// a^T, contiguous: (rows, cols) -> (cols, rows), in 32 x 32 tiles (both sides cache-line friendly),
+// onto a huge-page output. The CSR layer's activations change layout through this, twice a step.
+torch::Tensor transpose(const torch::Tensor& a_in) {
+  auto a = check_dense("a", a_in);
+  const int64_t rows = a.size(0), cols = a.size(1), lda = a.stride(0);
+  auto out = empty_out(cols, rows, a.options());
+  const float* ap = a.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  constexpr int64_t TB = 32;
+  const int64_t ntc = (cols + TB - 1) / TB;
+  par_chunks(ntc, 1, [&](int64_t b, int64_t e) {
+    for (int64_t tc = b; tc < e; ++tc) {
+      const int64_t c0 = tc * TB, c1 = std::min(cols, c0 + TB);
+      for (int64_t r0 = 0; r0 < rows; r0 += TB) {
+        const int64_t r1 = std::min(rows, r0 + TB);
+        if (c1 - c0 == TB && r1 - r0 == TB) {
+          for (int64_t c = 0; c < TB; ++c)
+#pragma omp simd
+            for (int64_t r = 0; r < TB; ++r) op[(c0 + c) * rows + r0 + r] = ap[(r0 + r) * lda + c0 + c];
+        } else {
+          for (int64_t c = c0; c < c1; ++c)
+            for (int64_t r = r0; r < r1; ++r) op[c * rows + r] = ap[r * lda + c];
+        }
+      }
+    }
+  });
+  return out;
 }
 
 // The training op, feature-major: y^T = W @ x^T + bias. Takes W^T's structure too (t_row_ptr,

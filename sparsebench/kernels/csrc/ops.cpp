@@ -21,6 +21,8 @@ torch::Tensor csr_linear_t(const torch::Tensor&, const torch::Tensor&, const std
                            const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                            const torch::Tensor&);
 
+torch::Tensor transpose(const torch::Tensor&);
+
 std::string isa() { return SB_ISA; }
 }  // namespace sparsebench
 
@@ -34,6 +36,7 @@ TORCH_LIBRARY(sparse_linear, m) {
   m.def("bsr_weight_grad(Tensor dy, Tensor x, Tensor row_ptr, Tensor col_idx, int R, int C) -> Tensor");
   m.def("csr_spmm(Tensor row_ptr, Tensor col, Tensor values, Tensor b, Tensor? bias) -> Tensor");
   m.def("csr_sddmm(Tensor row_ptr, Tensor col, Tensor a, Tensor b) -> Tensor");
+  m.def("transpose(Tensor a) -> Tensor");  // layout change for the feature-major CSR path
   m.def("csr_linear_t(Tensor x_t, Tensor values, Tensor? bias, Tensor row_ptr, Tensor col, Tensor t_row_ptr, "
         "Tensor t_col, Tensor perm) -> Tensor");
 }
@@ -46,4 +49,5 @@ TORCH_LIBRARY_IMPL(sparse_linear, CPU, m) {
   m.impl("csr_spmm", &sparsebench::csr_spmm);
   m.impl("csr_sddmm", &sparsebench::csr_sddmm);
   m.impl("csr_linear_t", &sparsebench::csr_linear_t);
+  m.impl("transpose", &sparsebench::transpose);
 }
