@@ -93,7 +93,7 @@ torch::Tensor csr_spmm(const torch::Tensor& row_ptr_in, const torch::Tensor& col
     TORCH_CHECK_VALUE(bias.scalar_type() == torch::kFloat && bias.device().is_cpu(), "bias must be float32 on the CPU");
     TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == M, "bias must have shape (", M, ",), got ", bias.sizes());
   }
-  auto out = empty_out(M, n, B.options());
+  auto out = torch::empty({M, n}, B.options());
   if (M == 0 || n == 0) return out;
   const int32_t* rp = row_ptr.data_ptr<int32_t>();
   const int32_t* ci = col.data_ptr<int32_t>();
@@ -163,34 +163,9 @@ torch::Tensor csr_sddmm(const torch::Tensor& row_ptr_in, const torch::Tensor& co
   return g;
 }
 
-// a^T, contiguous: (rows, cols) -> (cols, rows), in 32 x 32 tiles (both sides cache-line friendly),
-// onto a huge-page output. The CSR layer's activations change layout through this, twice a step.
-torch::Tensor transpose(const torch::Tensor& a_in) {
-  auto a = check_dense("a", a_in);
-  const int64_t rows = a.size(0), cols = a.size(1), lda = a.stride(0);
-  auto out = empty_out(cols, rows, a.options());
-  const float* ap = a.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  constexpr int64_t TB = 32;
-  const int64_t ntc = (cols + TB - 1) / TB;
-  par_chunks(ntc, 1, [&](int64_t b, int64_t e) {
-    for (int64_t tc = b; tc < e; ++tc) {
-      const int64_t c0 = tc * TB, c1 = std::min(cols, c0 + TB);
-      for (int64_t r0 = 0; r0 < rows; r0 += TB) {
-        const int64_t r1 = std::min(rows, r0 + TB);
-        if (c1 - c0 == TB && r1 - r0 == TB) {
-          for (int64_t c = 0; c < TB; ++c)
-#pragma omp simd
-            for (int64_t r = 0; r < TB; ++r) op[(c0 + c) * rows + r0 + r] = ap[(r0 + r) * lda + c0 + c];
-        } else {
-          for (int64_t c = c0; c < c1; ++c)
-            for (int64_t r = r0; r < r1; ++r) op[c * rows + r] = ap[r * lda + c];
-        }
-      }
-    }
-  });
-  return out;
-}
+// a^T, contiguous (torch's strided copy). The CSR layer's activations change layout through this:
+// one copy of x per step, saved for the backward, instead of one in forward and one in backward.
+torch::Tensor transpose(const torch::Tensor& a_in) { return check_dense("a", a_in).t().contiguous(); }
 
 // The training op, feature-major: y^T = W @ x^T + bias. Takes W^T's structure too (t_row_ptr,
 // t_col, perm: values[perm] are W^T's values) so its backward needs nothing but the op's inputs.
