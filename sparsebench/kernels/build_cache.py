@@ -178,7 +178,7 @@ class BuildLock:
                 if time.monotonic() > deadline:
                     os.close(fd)
                     raise KernelsUnavailable(f"kernel build lock {self.path} still held by pid {owner} after "
-                                             f"{self.wait_s:.0f} s; end that process or delete the directory")
+                                             f"{self.wait_s:.0f} s; end that process or delete the directory") from None
                 if not told:
                     _notice(f"waiting for the kernel build of pid {owner} ({self.path.parent.name})")
                     told = True

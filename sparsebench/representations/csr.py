@@ -48,7 +48,8 @@ def register_structure(module: nn.Module, crow, col, t_crow, t_col, perm) -> Non
 
 
 def load_transposed(module: nn.Module, cols: int) -> None:
-    for name, t in zip(("t_crow", "t_col", "perm"), kernels.transpose_structure(module.crow, module.col, cols), strict=True):
+    transposed = kernels.transpose_structure(module.crow, module.col, cols)
+    for name, t in zip(("t_crow", "t_col", "perm"), transposed, strict=True):
         getattr(module, name).copy_(t)
 
 
