@@ -171,10 +171,14 @@ COMMANDS = {"run": cmd_run, "grid": cmd_grid, "report": cmd_report, "check": cmd
 def main(argv: list[str] | None = None) -> int:
     from .data import DataNotFound
     from .gate import BaselineError
+    from .kernels import KernelsUnavailable
 
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
+    except KernelsUnavailable as err:  # required kernels that cannot build: one line, not a traceback
+        print(f"sparsebench: error: {err}", file=sys.stderr)
+        return 1
     except (UsageError, ValueError, DataNotFound, BaselineError, FileNotFoundError, PermissionError) as err:
         message = str(err) if isinstance(err, UsageError) else f"sparsebench: error: {err}"
         print(message, file=sys.stderr)
