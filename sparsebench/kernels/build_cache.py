@@ -216,7 +216,11 @@ def _verified(v: str) -> Path | None:
             manifest.unlink(missing_ok=True)
         return None
     if not isinstance(recorded, dict) or "sha256" not in recorded:
-        return None  # built but never verified (e.g. killed before the manifest): test-load it
+        # built but never verified (e.g. killed before the manifest): relinking from the kept object
+        # files is cheap and certain, a test load of an unknown file is neither
+        _notice(f"kernel library {so} has no recorded checksum (a build that did not finish); discarded, rebuilding")
+        so.unlink(missing_ok=True)
+        return None
     if _sha256(so) == recorded.get("sha256"):
         return so
     _notice(f"kernel library {so} does not match its recorded checksum (corrupt or truncated, "
