@@ -21,8 +21,9 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import clean_orphans, fsync_dir
 from .cell import Cell
-from .results import SCHEMA_VERSION, KiB, MiB, Result, is_finite, scan_results, write_json_temp
+from .results import SCHEMA_VERSION, KiB, MiB, Result, is_finite, is_safe_name, scan_results, write_json_temp
 
 GATED_METRICS = {
     "accuracy": "higher",
@@ -40,6 +41,9 @@ MACHINE_INDEPENDENT = ("accuracy", "realised_sparsity", "model_size_bytes", "led
 CROSS_MACHINE_ACCURACY_TOLERANCE = 0.03
 MACHINE_FILE = "machine.json"
 _BYTE_METRICS = ("peak_memory_bytes", "model_size_bytes", "ledger_bytes")
+# physical bounds of a stored value: (low, high, low excluded)
+_BOUNDS = {"accuracy": (0.0, 1.0, False), "realised_sparsity": (0.0, 1.0, False),
+           "time_ratio_vs_dense": (0.0, None, True)} | {m: (0.0, None, False) for m in _BYTE_METRICS}
 
 
 class BaselineError(Exception):
@@ -52,18 +56,32 @@ def update_command(budget: str | None, results_dir: str | os.PathLike | None = N
 
 
 def class_dir(root: str | os.PathLike, budget: str, machine_class: str) -> Path:
+    for what, name in (("budget", budget), ("machine class", machine_class)):
+        if not is_safe_name(name):
+            raise BaselineError(f"{what} {name!r} is not a file-safe name (letters, digits, '.', '_', '-'; "
+                                f"no leading dot); refusing to use it as a directory")
     return Path(root) / budget / machine_class
 
 
 def baseline_path(root: str | os.PathLike, budget: str, machine_class: str, arch: str, slug: str) -> Path:
+    for what, name in (("architecture", arch), ("scheme slug", slug)):
+        if not is_safe_name(name):
+            raise BaselineError(f"{what} {name!r} is not a file-safe name; refusing to use it as a path")
     return class_dir(root, budget, machine_class) / arch / f"{slug}.json"
 
 
 def known_classes(root: str | os.PathLike, budget: str) -> dict[str, dict]:
     """Machine class -> the fingerprint that made its baselines. Directories without ``machine.json``
     (an older layout) are not classes and are ignored."""
+    try:
+        recover(root, budget)
+    except OSError as e:
+        raise BaselineError(f"baselines under {Path(root) / budget} hold an interrupted update that cannot be "
+                            f"finished ({e}); rerun `{update_command(budget)}`") from e
     classes = {}
     for marker in sorted((Path(root) / budget).glob(f"*/{MACHINE_FILE}")):
+        if not is_safe_name(marker.parent.name):
+            continue  # an update's work directory (.<class>.new / .old), never a class
         try:
             fp = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
@@ -111,6 +129,10 @@ def load_baseline(path: str | os.PathLike) -> dict:
         if not (is_finite(value) and is_finite(tol) and tol >= 0):
             raise BaselineError(f"baseline {path}: metric {metric!r} needs a finite value and a tolerance >= 0, "
                                 f"got {value!r} and {tol!r}; {fix}")
+        lo, hi, open_lo = _BOUNDS[metric]
+        if value < lo or (open_lo and value == lo) or (hi is not None and value > hi):
+            bounds = f"> {lo}" if open_lo else f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise BaselineError(f"baseline {path}: metric {metric!r} value must be {bounds}, got {value!r}; {fix}")
         # A flipped direction would silently turn the gate around, so it must agree with ours.
         if entry.get("better") != better:
             raise BaselineError(f"baseline {path}: metric {metric!r} has better={entry.get('better')!r}, "
@@ -246,7 +268,7 @@ def check_one(result: Result, baselines_root: str | os.PathLike, budget: str) ->
     if against is None:
         raise BaselineError(f"no baselines for budget {budget!r} under {baselines_root}; make them with "
                             f"`{update_command(budget)}`")
-    baseline = load_baseline(baseline_path(baselines_root, budget, against, result.arch, result.slug))
+    baseline = load_baseline(baseline_path(baselines_root, budget, against, result.arch, result.file_slug))
     return check_result(result, baseline, metrics, cross_machine=against != result.machine_class), note
 
 
@@ -288,7 +310,7 @@ def check_dir(results_dir: str | os.PathLike, baselines_root: str | os.PathLike,
 
     used = set()
     for result in results:
-        bpath = baseline_path(baselines_root, budget, against or "-", result.arch, result.slug)
+        bpath = baseline_path(baselines_root, budget, against or "_none", result.arch, result.file_slug)
         used.add(bpath.resolve())
         if not result.ok:
             if result.status == "skipped" and not bpath.exists():
@@ -388,6 +410,46 @@ def _cells_of(results_dir: Path, budget: str) -> dict[tuple[str, str], tuple[Pat
     return cells
 
 
+def _settings_of(result: Result) -> dict[str, object]:
+    """What must agree between the runs a baseline is made from (per architecture)."""
+    settings = dict(result.budget_settings)
+    model = {k: v for k, v in result.model.items() if k != "parameters"}  # sparse layers store fewer
+    return {"seed": result.seed, "budget_settings.seconds": settings.pop("seconds", None),
+            "steps": settings.get("arch_steps", result.steps), "budget_settings": settings,
+            "model sizes": model, "dataset": result.dataset}
+
+
+def _check_same_settings(runs: list[dict[tuple[str, str], tuple[Path, Result]]]) -> None:
+    """Refuse, in one line naming the field, runs made with other settings: a different seed, step count,
+    budget, model size or data would widen the tolerances until the gate stops gating. A wall-clock
+    (``--seconds``) run is refused outright: its step count, so its accuracy, depends on the machine."""
+    seen: dict[str, dict[str, tuple[object, Path]]] = {}  # arch -> field -> (value, first file)
+    for run in runs:
+        for path, result in run.values():
+            fields = _settings_of(result)
+            if fields["budget_settings.seconds"] is not None:
+                raise BaselineError(f"refusing to update baselines: {path} was trained for --seconds "
+                                    f"{fields['budget_settings.seconds']} (a wall-clock budget); baselines come "
+                                    f"only from fixed-step runs")
+            for name, value in fields.items():
+                key = "seed" if name == "seed" else f"{result.arch}:{name}"
+                first = seen.setdefault(key, {}).setdefault(name, (value, path))
+                if first[0] != value:
+                    name, was, now = _first_difference(name, first[0], value)
+                    raise BaselineError(f"refusing to update baselines: {name} differs: {was!r} in {first[1]}, "
+                                        f"{now!r} in {path}; baselines come from runs with the same settings")
+
+
+def _first_difference(name: str, a, b) -> tuple[str, object, object]:
+    """The innermost key where two settings differ, e.g. ``budget_settings.arch_training.lr``."""
+    while isinstance(a, dict) and isinstance(b, dict):
+        key = next((k for k in sorted(set(a) | set(b), key=str) if a.get(k) != b.get(k)), None)
+        if key is None:
+            break
+        name, a, b = f"{name}.{key}", a.get(key), b.get(key)
+    return name, a, b
+
+
 def _baseline_doc(budget: str, results: list[Result]) -> tuple[dict, list[str]]:
     """The baseline of one cell from its repeated runs, and warnings about noisy metrics."""
     first, metrics, spread, warnings = results[0], {}, {}, []
@@ -437,8 +499,8 @@ def update_baselines(results_dirs: list[Path] | Path, baselines_root: str | os.P
     Several directories are repeated runs of the same grid: value = median, tolerance by ``tolerance_rule``
     over their spread. Refuses (BaselineError) if a run lacks an expected cell (by default every run must
     hold the same cells), if any result is not ok or of another budget, or if the runs come from more
-    than one machine class. All files go to temp files first and are then renamed, so a failure leaves
-    the old baselines in place (renames already done are rolled back).
+    than one machine class, or if the runs' settings differ. The class directory is replaced as a whole
+    (``_swap_in_class``): a failure or a kill at any point leaves all old or all new baselines.
     """
     dirs = [Path(results_dirs)] if isinstance(results_dirs, (str, os.PathLike)) else [Path(d) for d in results_dirs]
     if not dirs:
@@ -454,6 +516,7 @@ def update_baselines(results_dirs: list[Path] | Path, baselines_root: str | os.P
                             + ", ".join(f"{c} (in {d})" for c, d in sorted(classes.items(), key=str))
                             + "; baselines belong to one machine class, update each from its own runs")
     machine_class = next(iter(classes))
+    _check_same_settings(runs)
 
     if expected_cells is not None:
         wanted = {(c.arch, str(c.scheme)) for c in expected_cells}
@@ -475,7 +538,7 @@ def update_baselines(results_dirs: list[Path] | Path, baselines_root: str | os.P
     for cell in sorted(keep):
         results = [run[cell][1] for run in runs]
         new, warnings = _baseline_doc(budget, results)
-        target = baseline_path(baselines_root, budget, machine_class, cell[0], results[0].slug)
+        target = baseline_path(baselines_root, budget, machine_class, cell[0], results[0].file_slug)
         try:
             old = json.loads(target.read_text(encoding="utf-8")) if target.exists() else None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -488,34 +551,124 @@ def update_baselines(results_dirs: list[Path] | Path, baselines_root: str | os.P
                              "cpu": first.env.get("cpu")}, None))
     lines.append(f"machine class {machine_class}: {marker}")
 
-    _write_all(planned)
+    recover(baselines_root, budget)
+    _swap_in_class(Path(baselines_root) / budget, machine_class, planned)
     return lines
 
 
-def _write_all(planned: list[tuple[Path, dict, dict | None]]) -> None:
-    """Write every file or none: all temp files first, then the renames, rolled back on failure."""
-    temps = []
+# --- all-or-nothing class directories ------------------------------------------------------------------------
+#
+# An update builds the complete new class directory beside the live one, ``.<class>.new``, and writes
+# ``COMPLETE`` into it last. Then: rename ``<class>`` -> ``.<class>.old``, ``.<class>.new`` -> ``<class>``,
+# delete ``.<class>.old``. Whatever step a SIGKILL stops, ``recover`` (run by every command that reads or
+# writes baselines) finishes the swap if the new directory was complete and drops it otherwise, so readers
+# see all old or all new baselines, never a mix. Readers skip dot-directories (not file-safe names).
+
+COMPLETE = ".complete"
+
+
+def _work_dirs(budget_dir: Path, machine_class: str) -> tuple[Path, Path, Path]:
+    return budget_dir / machine_class, budget_dir / f".{machine_class}.new", budget_dir / f".{machine_class}.old"
+
+
+class _BudgetLock:
+    """An exclusive flock on the budget directory itself (no lock file is left behind): one update or
+    recovery at a time. The kernel drops it when its owner dies, so a killed update leaves no stale lock."""
+
+    def __init__(self, budget_dir: Path):
+        self.path = budget_dir
+
+    def __enter__(self):
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDONLY)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)  # releases the flock
+
+
+def _leftovers(budget_dir: Path) -> bool:
     try:
-        for target, new, _ in planned:
-            temps.append(write_json_temp(target, new))
-    except BaseException:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-        raise
+        return any(p.name.startswith(".") and p.name.endswith((".new", ".old", ".tmp")) for p in budget_dir.iterdir()) \
+            or any(budget_dir.glob(f"*/{COMPLETE}")) or any(budget_dir.glob("*/**/.*.tmp"))
+    except OSError:
+        return False
+
+
+def recover(root: str | os.PathLike, budget: str) -> list[str]:
+    """Finish or undo an update that was killed, and remove the temp files it left; returns what it did."""
+    if not is_safe_name(budget):
+        return []
+    budget_dir = Path(root) / budget
+    if not budget_dir.is_dir() or not _leftovers(budget_dir):
+        return []
+    import shutil
+
     done = []
-    try:
-        for (target, _, _), tmp in zip(planned, temps, strict=True):
-            old_bytes = target.read_bytes() if target.exists() else None
-            os.replace(tmp, target)
-            done.append((target, old_bytes))
-    except BaseException:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-        for target, old_bytes in reversed(done):
-            if old_bytes is None:
-                target.unlink(missing_ok=True)
+    with _BudgetLock(budget_dir):
+        for work in sorted(budget_dir.glob(".*.new")) + sorted(budget_dir.glob(".*.old")):
+            machine_class = work.name[1:].rsplit(".", 1)[0]
+            live, new, old = _work_dirs(budget_dir, machine_class)
+            if not work.exists():
+                continue  # handled with its sibling
+            if new.is_dir() and (new / COMPLETE).is_file():  # roll forward
+                if live.exists():
+                    if old.exists():
+                        shutil.rmtree(old)
+                    os.rename(live, old)
+                os.rename(new, live)
+                fsync_dir(budget_dir)
+                done.append(f"completed the interrupted update of {live}")
+            elif new.exists():  # roll back: the new directory never became complete
+                shutil.rmtree(new)
+                done.append(f"dropped the incomplete update of {live}")
+            if old.exists():
+                if live.exists():
+                    shutil.rmtree(old)
+                else:  # cannot happen by the update's order, but never lose the only copy
+                    os.rename(old, live)
+            (live / COMPLETE).unlink(missing_ok=True)
+        for marker in budget_dir.glob(f"*/{COMPLETE}"):  # killed after the swap, before the marker went
+            marker.unlink()
+        done += [f"removed orphan temp file {p}" for p in clean_orphans(budget_dir, older_than_s=0)]
+    return done
+
+
+def _swap_in_class(budget_dir: Path, machine_class: str, planned: list[tuple[Path, dict, dict | None]]) -> None:
+    """Write ``planned`` (targets under ``budget_dir/<class>``) as one new class directory, all or nothing:
+    the files of the live class that the update does not rewrite are carried over."""
+    import shutil
+
+    live, new, old = _work_dirs(budget_dir, machine_class)
+    with _BudgetLock(budget_dir):
+        if new.exists():
+            shutil.rmtree(new)
+        try:
+            if live.is_dir():
+                shutil.copytree(live, new, ignore=shutil.ignore_patterns(COMPLETE, ".*.tmp"))
             else:
-                restore = target.with_name(f".{target.name}.restore.tmp")
-                restore.write_bytes(old_bytes)
-                os.replace(restore, target)
-        raise
+                new.mkdir(parents=True)
+            for target, doc, _ in planned:
+                dest = new / target.relative_to(live)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(write_json_temp(dest, doc), dest)
+            for d in {new / t.relative_to(live).parent for t, _, _ in planned} | {new}:
+                fsync_dir(d)
+            os.replace(write_json_temp(new / COMPLETE, {"machine_class": machine_class}), new / COMPLETE)
+            fsync_dir(new)
+        except BaseException:
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+        # from here on the update is decided: a crash is rolled forward by recover()
+        if live.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            os.rename(live, old)
+        os.rename(new, live)
+        fsync_dir(budget_dir)
+        if old.exists():
+            shutil.rmtree(old)
+        (live / COMPLETE).unlink(missing_ok=True)

@@ -10,10 +10,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .atomic import write_json_atomic, write_json_temp  # noqa: F401  (the result writers' API)
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")  # a name read from a file that may become a path
+
+
+def is_safe_name(name) -> bool:
+    """A single file-name component of file-safe characters: no separator, no leading dot, not empty."""
+    return isinstance(name, str) and SAFE_NAME.fullmatch(name) is not None
 
 KiB, MiB = 1024, 1024 * 1024  # the byte units results are shown in
 SCHEMA_VERSION = 2  # 2: env.machine (fingerprint), env.machine_class, env.kernel_variant*, ledger_bytes
@@ -104,6 +112,13 @@ class Result:
     def machine_class(self) -> str | None:
         return (self.env or {}).get("machine_class")
 
+    @property
+    def file_slug(self) -> str:
+        """The file-safe name of the scheme, derived from the parsed scheme (never from the ``slug`` text)."""
+        from .schemes import parse_scheme
+
+        return parse_scheme(self.scheme).slug
+
 
 FIELDS = {f.name: f.metadata for f in fields(Result)}
 IDENTITY_KEYS = tuple(k for k, m in FIELDS.items() if m["identity"])
@@ -126,6 +141,7 @@ def validate_result(doc: dict, path: str | os.PathLike | None = None) -> None:
     unknown = set(doc) - set(FIELDS)
     if unknown:
         raise ValueError(f"{where}: unknown key {sorted(unknown)[0]!r} (schema {SCHEMA_VERSION})")
+    _check_identity(where, doc)
     ok = doc["status"] == "ok"
     for key, spec in FIELDS.items():
         value = doc.get(key)
@@ -145,6 +161,31 @@ def validate_result(doc: dict, path: str | os.PathLike | None = None) -> None:
     for key, kind in ENV_KEYS.items():
         if not isinstance(doc["env"].get(key), kind):
             raise ValueError(f"{where}: key 'env.{key}' must be a {kind.__name__}, got {doc['env'].get(key)!r}")
+    if not is_safe_name(doc["env"]["machine_class"]):
+        raise ValueError(f"{where}: key 'env.machine_class' must be a file-safe name (letters, digits, '.', '_', "
+                         f"'-'; no leading dot), got {doc['env']['machine_class']!r}")
+
+
+def _check_identity(where: str, doc: dict) -> None:
+    """Arch, scheme and slug name files, so they must be what they say: a known architecture, a scheme
+    that parses, and the slug that scheme has."""
+    from .archs import ARCHS
+    from .schemes import parse_scheme
+
+    for key in ("arch", "scheme", "slug", "budget", "status"):
+        if not isinstance(doc[key], str):
+            raise ValueError(f"{where}: key {key!r} must be a str, got {doc[key]!r}")
+    if doc["arch"] not in ARCHS:
+        raise ValueError(f"{where}: key 'arch' is {doc['arch']!r}, not a known architecture ({', '.join(ARCHS)})")
+    try:
+        scheme = parse_scheme(doc["scheme"])
+    except ValueError as e:
+        raise ValueError(f"{where}: key 'scheme' does not parse ({e})") from None
+    if doc["slug"] != scheme.slug:
+        raise ValueError(f"{where}: key 'slug' is {doc['slug']!r} but scheme {doc['scheme']!r} has slug "
+                         f"{scheme.slug!r}; the document is inconsistent, rerun that cell")
+    if not is_safe_name(doc["budget"]):
+        raise ValueError(f"{where}: key 'budget' must be a file-safe name, got {doc['budget']!r}")
 
 
 def _check_value(where: str, key: str, value, spec) -> None:
@@ -167,7 +208,7 @@ def result_path(out_dir: str | os.PathLike, arch: str, slug: str) -> Path:
 
 
 def write_result(out_dir: str | os.PathLike, result: Result) -> Path:
-    path = result_path(out_dir, result.arch, result.slug)
+    path = result_path(out_dir, result.arch, result.file_slug)
     write_json_atomic(path, result.to_dict())
     return path
 
@@ -189,7 +230,11 @@ def read_result(path: str | os.PathLike) -> Result | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         # A truncated or garbled *.json in a results directory is most likely a result; never skip it silently.
         raise ValueError(f"result {path}: cannot read it as JSON ({e}); delete it or rerun that cell") from e
-    if not (isinstance(doc, dict) and "schema_version" in doc and "arch" in doc):
+    if not isinstance(doc, dict):
+        # only results and other tools' JSON objects live in a results directory; a list is neither
+        raise ValueError(f"result {path}: expected a JSON object, got a JSON {type(doc).__name__}; "
+                         f"delete it or rerun that cell")
+    if not ("schema_version" in doc and "arch" in doc):
         return None
     return Result.from_dict(doc, path)
 

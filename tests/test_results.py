@@ -125,10 +125,16 @@ def test_load_results_recursive_skips_other_json(tmp_path):
     write_json_atomic(result_path(tmp_path, "cnn", "dense"), make_doc())
     write_json_atomic(tmp_path / "deep" / "er" / "r.json", make_doc(arch="transformer"))
     write_json_atomic(tmp_path / ".benchmarks" / "0001_run.json", {"machine_info": {}, "benchmarks": []})
-    write_json_atomic(tmp_path / "list.json", [1, 2])
     (tmp_path / "notes.txt").write_text("not json")
     docs = load_results(tmp_path)
     assert sorted(d.arch for d in docs) == ["cnn", "transformer"]
+
+
+def test_a_json_list_in_a_results_dir_is_an_error_naming_it(tmp_path):
+    write_json_atomic(result_path(tmp_path, "cnn", "dense"), make_doc())
+    write_json_atomic(tmp_path / "list.json", [1, 2])
+    with pytest.raises(ValueError, match="list.json: expected a JSON object, got a JSON list"):
+        load_results(tmp_path)
 
 
 def test_load_results_corrupt_names_file(tmp_path):
