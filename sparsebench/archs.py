@@ -46,6 +46,7 @@ class Arch:
     training: Mapping[str, Training]  # budget name -> training settings
     size: Mapping[str, Any] = field(default_factory=dict)  # budget name -> model size (missing: reference)
     reference_size: Any = None
+    data: str = ""  # the dataset's name in the data directory (checked before any cell trains)
 
     def training_for(self, budget: Budget) -> Training:
         """The budget's own override for this arch (custom budgets), else the registry's entry."""
@@ -99,6 +100,7 @@ def _build_transformer(size: TransformerSize, task: Task) -> nn.Module:
 ARCHS: dict[str, Arch] = {
     "cnn": Arch(
         "cnn", load=_load_cifar, build=lambda size, task: CNN(), inputs=_cifar_inputs, reference_size=CNN_SIZE,
+        data="cifar10",
         training={
             "smoke": Training(steps=3, batch_size=16, train_size=256, test_size=64, eval_batch_size=64),
             "ci": Training(steps=600, batch_size=32, lr=2e-3, schedule="onecycle", eval_batch_size=100),
@@ -107,7 +109,7 @@ ARCHS: dict[str, Arch] = {
     ),
     "transformer": Arch(
         "transformer", load=_load_imdb, build=_build_transformer, inputs=lambda x: x,
-        reference_size=REFERENCE_TRANSFORMER,
+        reference_size=REFERENCE_TRANSFORMER, data="imdb",
         training={
             "smoke": Training(steps=3, batch_size=8, train_size=256, test_size=64, eval_batch_size=64),
             "ci": Training(steps=400, batch_size=32, lr=2e-3, schedule="onecycle", test_size=2000,

@@ -7,6 +7,7 @@ output) ends in one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -35,15 +36,46 @@ def writable_dir(path: Path) -> Path:
     return path
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return value
+
+
+def seed_value(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {text}")
+    return value
+
+
+def layer_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one layer, e.g. --keep-dense fc1 or --keep-dense conv2,fc1")
+    return names
+
+
 def add_cell_options(p: argparse.ArgumentParser) -> None:
     from .budgets import BUDGETS
 
     p.add_argument("--budget", default="ci", choices=list(BUDGETS), help="training budget (default: ci)")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, masks and batch order (default: 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of weights, masks and batch order (default: 0)")
     p.add_argument("--data-dir", help="offline data directory with cifar10/ and imdb/ parquet files "
                                       "(default: $SPARSEBENCH_DATA_DIR, then ../shared/data)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda for the full budget when present, else cpu")
-    p.add_argument("--seconds", type=float, help="train for this wall-clock time instead of the budget's steps")
+    p.add_argument("--seconds", type=positive_seconds,
+                   help="train for this wall-clock time (> 0) instead of the budget's steps")
+    p.add_argument("--keep-dense", type=layer_list, metavar="LAYER[,LAYER]",
+                   help="keep these layers dense too, besides the model's first layer and classifier "
+                        "(e.g. a layer a block pattern does not tile)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -69,6 +101,8 @@ def build_parser() -> Parser:
     p.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), choices=list(ARCHS))
     p.add_argument("--schemes", nargs="+", default=list(DEFAULT_SCHEMES), help="default: the default grid: "
                    + " ".join(DEFAULT_SCHEMES))
+    p.add_argument("--force", action="store_true", help="rerun cells already written in OUT with the same settings "
+                   "(default: keep them, so an interrupted grid resumes)")
     add_cell_options(p)
 
     p = sub.add_parser("report", help="tables and plots from a results directory",
@@ -103,18 +137,22 @@ def budget_of(args):
     from .budgets import get_budget
 
     budget = get_budget(args.budget)
-    return budget.with_seconds(args.seconds) if args.seconds else budget
+    return budget.with_seconds(args.seconds) if args.seconds is not None else budget
 
 
 def cmd_run(args) -> int:
     from .cell import Cell
-    from .grid import run_one
+    from .grid import preflight, run_one
     from .results import write_json_atomic
 
     cell = Cell.parse(args.arch, args.scheme)
     budget = budget_of(args)
+    if args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a directory; name the result file, e.g. {args.out / 'result.json'}")
     writable_dir(args.out.resolve().parent)
-    result = run_one(cell, budget, None, args.seed, args.data_dir, args.device, not args.quiet)
+    preflight([cell], budget, args.data_dir, args.device, args.keep_dense)
+    result = run_one(cell, budget, None, args.seed, args.data_dir, args.device, not args.quiet,
+                     keep_dense=args.keep_dense)
     write_json_atomic(args.out, result.to_dict())
     if result.ok:
         print(f"{cell}: accuracy {result.accuracy:.4f}, train {result.train_time_s:.1f} s, "
@@ -132,7 +170,8 @@ def cmd_grid(args) -> int:
     cells = default_cells(args.archs, args.schemes)
     budget = budget_of(args)
     writable_dir(args.out)
-    run_grid(cells, budget, args.out, args.seed, args.data_dir, args.device, not args.quiet)
+    run_grid(cells, budget, args.out, args.seed, args.data_dir, args.device, not args.quiet, force=args.force,
+             keep_dense=args.keep_dense)
     print(build_report(args.out))
     return 0
 
@@ -171,6 +210,7 @@ COMMANDS = {"run": cmd_run, "grid": cmd_grid, "report": cmd_report, "check": cmd
 def main(argv: list[str] | None = None) -> int:
     from .data import DataNotFound
     from .gate import BaselineError
+    from .grid import ResultsLocked
     from .kernels import KernelsUnavailable
 
     try:
@@ -179,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     except KernelsUnavailable as err:  # required kernels that cannot build: one line, not a traceback
         print(f"sparsebench: error: {err}", file=sys.stderr)
         return 1
-    except (UsageError, ValueError, DataNotFound, BaselineError, FileNotFoundError, PermissionError) as err:
+    except (UsageError, ValueError, DataNotFound, BaselineError, FileNotFoundError, PermissionError,
+            ResultsLocked) as err:
         message = str(err) if isinstance(err, UsageError) else f"sparsebench: error: {err}"
         print(message, file=sys.stderr)
         return EXIT_USAGE

@@ -5,21 +5,29 @@ Each cell's document is written atomically as soon as it exists, so a crash lose
 in flight; a cell this machine cannot run is written as a skipped document with the reason. A run
 first writes its manifest (``grid.json``: the budget and the cells it was asked for), which is the
 expected set the gate checks the run against.
+
+Before any cell trains, ``preflight`` checks everything that can be known without training (device,
+data of every architecture, the scheme against every layer of every architecture). While a grid writes
+a results directory it holds its lock (``results_lock``); a rerun keeps the cells already written
+with the same settings (``reusable``) unless forced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from pathlib import Path
 
-from .atomic import write_json_atomic
+from .atomic import clean_orphans, write_json_atomic
 from .budgets import Budget
 from .cell import Cell, cells
 from .representations import RepresentationUnavailable
-from .results import Result, write_result
+from .results import Result, read_result, write_result
 
 DEFAULT_ARCHS = ("cnn", "transformer")
 DEFAULT_SCHEMES = (
@@ -34,6 +42,114 @@ DEFAULT_SCHEMES = (
     "magnitude:0.5@masked",
 )
 MANIFEST = "grid.json"
+LOCK = ".sparsebench.lock"
+
+
+class ResultsLocked(Exception):
+    """Another process is writing the results directory."""
+
+
+@contextlib.contextmanager
+def results_lock(out_dir: str | Path):
+    """Hold ``OUT/.sparsebench.lock`` (an flock, with the owner's pid in it) while a grid writes ``out_dir``;
+    a second writer gets ResultsLocked. The kernel drops the lock when its owner dies: never stale."""
+    import fcntl
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ResultsLocked(f"results directory {out_dir} is being written by another sparsebench (pid {owner}); "
+                            f"wait for it to finish or choose another --out") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def preflight(grid: list[Cell], budget: Budget, data_dir=None, device: str | None = None, keep_dense=None) -> None:
+    """Fail before any training: the device exists, every architecture's data is present, and every
+    scheme is valid for every pruned layer of every architecture (checked on a model built on the meta
+    device, so nothing is allocated). ValueError / DataNotFound with one line."""
+    import torch
+
+    from .archs import get_arch
+    from .data import HUB_ENV, resolve_data_dir
+    from .patterns import as_matrix
+    from .representations import REPRESENTATIONS
+    from .sparsify import POLICIES, prunable_layers
+    from .train import dense_layers
+
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; use cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device cuda: CUDA is not available on this machine (torch {torch.__version__}); "
+                         f"use --device cpu")
+    archs = {c.arch: get_arch(c.arch) for c in grid}
+    if os.environ.get(HUB_ENV) != "1":
+        resolve_data_dir(data_dir, names=sorted({a.data for a in archs.values() if a.data}))
+    for name, arch in archs.items():
+        arch.training_for(budget)  # a budget without settings for this arch
+        with torch.device("meta"):
+            model = arch.build(arch.size_for(budget), _NoTask())
+        kept = dense_layers(model, keep_dense)
+        for cell in (c for c in grid if c.arch == name):
+            scheme = cell.scheme
+            if not scheme.spec.sparse:
+                continue
+            try:
+                layers = prunable_layers(model, kept)
+            except ValueError as e:
+                raise ValueError(f"{cell}: --keep-dense: {e}") from None
+            for layer_name, layer in layers:
+                hint = f" (command line: --keep-dense {layer_name})"
+                if isinstance(layer, torch.nn.Conv2d) and layer.groups != 1:
+                    raise ValueError(f"{cell}: layer {layer_name!r} is a grouped convolution; leave it dense{hint}")
+                shape2d = tuple(as_matrix(layer.weight).shape)
+                try:
+                    scheme.spec.check_shape(shape2d, layer_name)
+                    if scheme.representation not in POLICIES:
+                        REPRESENTATIONS[scheme.representation].check_layer(scheme, shape2d, layer_name)
+                except RepresentationUnavailable:
+                    pass  # this machine cannot run it: the cell is written as skipped, with the reason
+                except ValueError as e:
+                    raise ValueError(f"{cell}: {e}{hint}") from None
+
+
+class _NoTask:
+    """What a model builder may read of a task before the data is loaded (the reference sizes apply)."""
+
+    info: dict = {}
+
+
+def reusable(cell: Cell, out_dir: str | Path, budget: Budget, seed: int, keep_dense=None) -> Result | None:
+    """The cell's document already in ``out_dir`` when it is complete and was made with the same budget
+    settings, seed and scheme (and kept layers); else None (the cell runs again)."""
+    from .archs import get_arch
+
+    path = cell.path(out_dir)
+    if not path.is_file():
+        return None
+    try:
+        result = read_result(path)
+    except ValueError:
+        return None  # unreadable: run it again and overwrite it
+    if result is None or not result.ok or (result.arch, result.scheme) != (cell.arch, str(cell.scheme)):
+        return None
+    settings = dict(result.budget_settings)
+    arch_training = settings.pop("arch_training", None)
+    settings.pop("arch_steps", None)
+    same = (result.budget == budget.name and result.seed == seed and settings == budget.settings()
+            and arch_training == asdict(get_arch(cell.arch).training_for(budget))
+            and result.model.get("keep_dense") == (sorted(keep_dense) if keep_dense else None))
+    return result if same else None
 
 
 def default_cells(archs: Iterable[str] = DEFAULT_ARCHS, schemes: Iterable[str] = DEFAULT_SCHEMES) -> list[Cell]:
@@ -57,14 +173,14 @@ def read_manifest(results_dir: str | Path) -> list[Cell] | None:
 
 
 def run_one(cell: Cell, budget: Budget, out_dir: str | Path | None = None, seed: int = 0, data_dir=None,
-            device=None, progress: bool = True, train: Callable | None = None) -> Result:
+            device=None, progress: bool = True, train: Callable | None = None, keep_dense=None) -> Result:
     """Run a cell and (with ``out_dir``) write its document. A representation this machine cannot run
     gives a 'skipped' result with the reason. ``train(run)`` replaces ``run.fresh(); run.train()``
     (the benchmark suite times the training through it)."""
     from .train import CellRun  # late: torch-heavy, only when a cell runs
 
     try:
-        run = CellRun(cell, budget, seed, data_dir, device, progress)
+        run = CellRun(cell, budget, seed, data_dir, device, progress, keep_dense)
         if train is None:
             run.fresh()
             run.train()
@@ -79,12 +195,28 @@ def run_one(cell: Cell, budget: Budget, out_dir: str | Path | None = None, seed:
 
 
 def run_grid(grid: list[Cell], budget: Budget, out_dir: str | Path, seed: int = 0, data_dir=None, device=None,
-             progress: bool = True) -> list[Result]:
-    write_manifest(out_dir, budget, grid)
+             progress: bool = True, force: bool = False, keep_dense=None) -> list[Result]:
+    """Check every cell (``preflight``), then run them under the directory's lock, keeping the cells a
+    previous run already wrote with the same settings unless ``force``."""
+    preflight(grid, budget, data_dir, device, keep_dense)
+    with results_lock(out_dir):
+        clean_orphans(out_dir, older_than_s=0)  # we hold the lock: every temp file is a dead writer's
+        write_manifest(out_dir, budget, grid)
+        return _run_cells(grid, budget, out_dir, seed, data_dir, device, progress, force, keep_dense)
+
+
+def _run_cells(grid, budget, out_dir, seed, data_dir, device, progress, force, keep_dense) -> list[Result]:
     done, start = [], time.perf_counter()
     for i, cell in enumerate(grid, 1):
         t0 = time.perf_counter()
-        result = run_one(cell, budget, out_dir, seed, data_dir, device, progress)
+        kept = None if force else reusable(cell, out_dir, budget, seed, keep_dense)
+        if kept is not None:
+            done.append(kept)
+            if progress:
+                print(f"[{i}/{len(grid)}] {cell}: kept from an earlier run with the same settings "
+                      f"({cell.path(out_dir)}; --force reruns it)", file=sys.stderr, flush=True)
+            continue
+        result = run_one(cell, budget, out_dir, seed, data_dir, device, progress, keep_dense=keep_dense)
         done.append(result)
         if progress:
             what = (f"acc {result.accuracy:.3f}, time x{result.time_ratio_vs_dense:.2f} of dense" if result.ok

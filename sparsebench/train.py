@@ -34,6 +34,18 @@ from .sparsify import sparsify
 DENSE = parse_scheme("dense")
 
 
+def dense_layers(model: nn.Module, extra=None) -> set[str] | None:
+    """The layers kept dense: the model's default ones (its ``keep_dense``, else its first and last
+    Linear/Conv2d) plus ``extra``; None (sparsify's default) when there is no extra."""
+    if not extra:
+        return None
+    default = getattr(model, "keep_dense", None)
+    if default is None:
+        layers = [n for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
+        default = {layers[0], layers[-1]} if len(layers) > 1 else set()
+    return set(default) | set(extra)
+
+
 def make_optimizer(model: nn.Module, training: Training) -> torch.optim.Optimizer:
     # fused: one pass over each parameter instead of a dozen elementwise kernels per step
     return torch.optim.Adam(model.parameters(), lr=training.lr, weight_decay=training.weight_decay, fused=True)
@@ -102,8 +114,9 @@ class CellRun:
     ``measure()`` reads the trained model and changes nothing, so it can be called again."""
 
     def __init__(self, cell: Cell, budget: Budget, seed: int = 0, data_dir=None, device: str | None = None,
-                 progress: bool = True):
+                 progress: bool = True, keep_dense=None):
         self.cell, self.budget, self.seed, self.progress = cell, budget, seed, progress
+        self.keep_dense = sorted(keep_dense) if keep_dense else None  # layers kept dense besides the default
         self.arch = get_arch(cell.arch)
         self.training = self.arch.training_for(budget)
         self.size = self.arch.size_for(budget)
@@ -123,7 +136,8 @@ class CellRun:
         torch.manual_seed(self.seed)
         model = self.arch.build(self.size, self.task).to(self.device)
         example = self.arch.inputs(self.task.x_train[:self.training.batch_size])  # lets `auto` time real shapes
-        return sparsify(model, scheme or self.cell.scheme, seed=self.seed, example_inputs=example)
+        return sparsify(model, scheme or self.cell.scheme, seed=self.seed, example_inputs=example,
+                        keep_dense=dense_layers(model, self.keep_dense))
 
     def fresh(self) -> None:
         model = self.new_model()
@@ -207,7 +221,9 @@ class CellRun:
             pattern=cell.scheme.pattern, representation=cell.scheme.representation,
             target_sparsity=cell.scheme.target_sparsity,
             budget_settings=budget.settings() | {"arch_training": asdict(self.training), "arch_steps": self.steps},
-            seed=self.seed, dataset=task.info, model=self.arch.describe(trained.model, self.size),
+            seed=self.seed, dataset=task.info,
+            model=self.arch.describe(trained.model, self.size) | ({"keep_dense": self.keep_dense} if self.keep_dense
+                                                                 else {}),
             accuracy=accuracy,
             final_loss=float(trained.losses[-20:].mean()),  # mean of the last 20 steps: one batch is noisy
             train_time_s=trained.seconds, steps=steps, samples=steps * trained.batch_size,
