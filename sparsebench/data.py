@@ -157,8 +157,66 @@ def _cache_lock(cache_dir: Path, name: str):
     return FileLock(str(cache_dir / f"{name}.lock"))
 
 
-def _labels(table) -> np.ndarray:
-    return np.array(table.column("label").to_numpy(), dtype=np.int64)  # a copy, not a view of datasets' files
+N_CLASSES = {"cifar10": 10, "imdb": 2}
+
+
+def _source(name: str, files: dict[str, Path] | None, split: str) -> str:
+    return str(files[split]) if files is not None else f"{HUB_NAMES[name]} ({split})"
+
+
+def _labels(table, name: str = "", source: str = "") -> np.ndarray:
+    """Labels as int64, range-checked before anything is cached: a bad label is the source file's fault."""
+    column = table.column("label")
+    if column.null_count:
+        raise ValueError(f"{source}: column 'label' has {column.null_count} missing values; fix or replace the file")
+    labels = np.array(column.to_numpy(), dtype=np.int64)  # a copy, not a view of datasets' files
+    n = N_CLASSES.get(name)
+    if n is not None and len(labels):
+        bad = np.flatnonzero((labels < 0) | (labels >= n))
+        if len(bad):
+            raise ValueError(f"{source}: label {labels[bad[0]]} in row {bad[0]} is outside 0..{n - 1} ({name} has "
+                             f"{n} classes; {len(bad)} bad rows); fix or replace the file")
+    return labels
+
+
+def _load_cache(path: Path, name: str) -> dict | None:
+    """The cached tensors in ``path``, or None when there are none. A corrupt entry (truncated, garbage, wrong
+    contents) is named in one line on stderr and discarded, so the caller rebuilds it."""
+    if not path.exists():
+        return None
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's warnings about a garbage pickle say nothing useful here
+            t = torch.load(path, weights_only=True)
+    except Exception as e:  # noqa: BLE001  (whatever a broken file raises, the fix is the same)
+        reason = f"torch.load failed: {type(e).__name__}"  # its text suggests weights_only=False: never for a cache
+    else:
+        try:
+            _check_cached(t, name)
+            return t
+        except ValueError as e:
+            reason = str(e)
+    print(f"sparsebench: cache {path} is corrupt ({reason}); discarding it and rebuilding", file=sys.stderr)
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _check_cached(t, name: str) -> None:
+    if not isinstance(t, dict):
+        raise ValueError(f"expected a dict of tensors, got {type(t).__name__}")
+    dims = 4 if name == "cifar10" else 2
+    for s in SPLITS:
+        x, y = t.get(f"x_{s}"), t.get(f"y_{s}")
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+            raise ValueError(f"x_{s} or y_{s} missing")
+        if x.dim() != dims or y.dim() != 1 or len(x) != len(y) or y.dtype != torch.int64:
+            raise ValueError(f"x_{s} {tuple(x.shape)} and y_{s} {tuple(y.shape)} do not fit together")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= N_CLASSES[name]):
+            raise ValueError(f"y_{s} holds labels outside 0..{N_CLASSES[name] - 1}")
+    if name == "imdb" and not isinstance(t.get("vocab_size"), torch.Tensor):
+        raise ValueError("vocab_size missing")
 
 
 def _decode_images(table) -> np.ndarray:
@@ -194,16 +252,17 @@ def load_cifar10(data_dir=None, cache_dir=None, train_size: int | None = None,
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"cifar10-{key}.pt"
     with _cache_lock(cache_dir, "cifar10"):
-        if not path.exists():
+        t = _load_cache(path, "cifar10")
+        if t is None:
             with _splits("cifar10", files, cache_dir) as tables:
                 n = sum(t.num_rows for t in tables.values())
                 print(f"sparsebench: decoding CIFAR-10 ({n:,} images, once; cached in {path})", file=sys.stderr)
                 tensors = {}
                 for s, t in tables.items():
+                    tensors[f"y_{s}"] = torch.from_numpy(_labels(t, "cifar10", _source("cifar10", files, s)))
                     tensors[f"x_{s}"] = torch.from_numpy(_decode_images(t)).permute(0, 3, 1, 2).contiguous()
-                    tensors[f"y_{s}"] = torch.from_numpy(_labels(t))
             write_atomic(path, lambda tmp: torch.save(tensors, tmp))
-    t = torch.load(path, weights_only=True)
+            t = tensors
     return ImageData(_take(t["x_train"], train_size, "train_size"), _take(t["y_train"], train_size, "train_size"),
                      _take(t["x_test"], test_size, "test_size"), _take(t["y_test"], test_size, "test_size"))
 
@@ -223,6 +282,25 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, UNK], show_progress=False)
     tok.train_from_iterator(texts, trainer, length=len(texts))
     return tok
+
+
+def _load_tokenizer(path: Path):
+    """The cached tokenizer, or None (none yet, or a corrupt one: named in one line and discarded)."""
+    if not path.exists():
+        return None
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(path))
+        if tok.token_to_id(PAD) != 0 or tok.token_to_id(UNK) != 1:
+            raise ValueError(f"{PAD} and {UNK} are not ids 0 and 1")
+        return tok
+    except Exception as e:  # noqa: BLE001  (whatever a broken file raises, the fix is the same)
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        print(f"sparsebench: cache {path} is corrupt ({reason}); discarding it and retraining the tokenizer",
+              file=sys.stderr)
+        path.unlink(missing_ok=True)
+        return None
 
 
 def _encode(tok, texts: list[str], seq_len: int) -> torch.Tensor:
@@ -253,24 +331,22 @@ def load_imdb(data_dir=None, cache_dir=None, vocab_size: int = 8192, seq_len: in
     tok_path = cache_dir / f"imdb-tokenizer-{_key(key, vocab_size)}.json"
     path = cache_dir / f"imdb-{_key(key, vocab_size, seq_len)}.pt"
     with _cache_lock(cache_dir, "imdb"):
-        if not path.exists():
-            from tokenizers import Tokenizer
-
+        t = _load_cache(path, "imdb")
+        if t is None:
             with _splits("imdb", files, cache_dir) as tables:
                 texts = {s: t.column("text").to_pylist() for s, t in tables.items()}
-                labels = {s: torch.from_numpy(_labels(t)) for s, t in tables.items()}
+                labels = {s: torch.from_numpy(_labels(t, "imdb", _source("imdb", files, s))) for s, t in tables.items()}
             n = sum(map(len, texts.values()))
             print(f"sparsebench: tokenising IMDB ({n:,} reviews, once; cached in {cache_dir})", file=sys.stderr)
-            if tok_path.exists():
-                tok = Tokenizer.from_file(str(tok_path))
-            else:
+            tok = _load_tokenizer(tok_path)
+            if tok is None:
                 tok = _train_tokenizer(texts["train"], vocab_size)
                 write_atomic(tok_path, tok.save)
             tensors = {"vocab_size": torch.tensor(tok.get_vocab_size())}
             for s in SPLITS:
                 tensors[f"x_{s}"], tensors[f"y_{s}"] = _encode(tok, texts[s], seq_len), labels[s]
             write_atomic(path, lambda tmp: torch.save(tensors, tmp))
-    t = torch.load(path, weights_only=True)
+            t = tensors
     x_test, y_test = t["x_test"], t["y_test"]
     if test_size is not None:
         rows = _balanced(y_test, test_size)
