@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -598,6 +599,17 @@ def _leftovers(budget_dir: Path) -> bool:
         return False
 
 
+
+def _swap_in(budget_dir: Path, live: Path, new: Path, old: Path) -> None:
+    """Put a complete ``new`` class directory in place of ``live`` (moved aside to ``old``): two renames,
+    the window between them covered by ``recover``, which rolls a complete ``new`` forward."""
+    if live.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(live, old)
+    os.rename(new, live)
+    fsync_dir(budget_dir)
+
 def recover(root: str | os.PathLike, budget: str) -> list[str]:
     """Finish or undo an update that was killed, and remove the temp files it left; returns what it did."""
     if not is_safe_name(budget):
@@ -605,7 +617,6 @@ def recover(root: str | os.PathLike, budget: str) -> list[str]:
     budget_dir = Path(root) / budget
     if not budget_dir.is_dir() or not _leftovers(budget_dir):
         return []
-    import shutil
 
     done = []
     with _BudgetLock(budget_dir):
@@ -615,12 +626,7 @@ def recover(root: str | os.PathLike, budget: str) -> list[str]:
             if not work.exists():
                 continue  # handled with its sibling
             if new.is_dir() and (new / COMPLETE).is_file():  # roll forward
-                if live.exists():
-                    if old.exists():
-                        shutil.rmtree(old)
-                    os.rename(live, old)
-                os.rename(new, live)
-                fsync_dir(budget_dir)
+                _swap_in(budget_dir, live, new, old)
                 done.append(f"completed the interrupted update of {live}")
             elif new.exists():  # roll back: the new directory never became complete
                 shutil.rmtree(new)
@@ -640,7 +646,6 @@ def recover(root: str | os.PathLike, budget: str) -> list[str]:
 def _swap_in_class(budget_dir: Path, machine_class: str, planned: list[tuple[Path, dict, dict | None]]) -> None:
     """Write ``planned`` (targets under ``budget_dir/<class>``) as one new class directory, all or nothing:
     the files of the live class that the update does not rewrite are carried over."""
-    import shutil
 
     live, new, old = _work_dirs(budget_dir, machine_class)
     with _BudgetLock(budget_dir):
@@ -663,12 +668,7 @@ def _swap_in_class(budget_dir: Path, machine_class: str, planned: list[tuple[Pat
             shutil.rmtree(new, ignore_errors=True)
             raise
         # from here on the update is decided: a crash is rolled forward by recover()
-        if live.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.rename(live, old)
-        os.rename(new, live)
-        fsync_dir(budget_dir)
+        _swap_in(budget_dir, live, new, old)
         if old.exists():
             shutil.rmtree(old)
         (live / COMPLETE).unlink(missing_ok=True)
