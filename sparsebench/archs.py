@@ -105,6 +105,8 @@ ARCHS: dict[str, Arch] = {
             "smoke": Training(steps=3, batch_size=16, train_size=256, test_size=64, eval_batch_size=64),
             "ci": Training(steps=600, batch_size=32, lr=2e-3, schedule="onecycle", eval_batch_size=100),
             "full": Training(epochs=50, batch_size=64, lr=1e-3),
+            "reference": Training(steps=4, batch_size=64, lr=1e-3, train_size=2048, test_size=1000,
+                                  eval_batch_size=250),
         },
     ),
     "transformer": Arch(
@@ -115,6 +117,9 @@ ARCHS: dict[str, Arch] = {
             "ci": Training(steps=400, batch_size=32, lr=2e-3, schedule="onecycle", test_size=2000,
                            eval_batch_size=250),
             "full": Training(epochs=50, batch_size=64, lr=1e-3),
+            # the reference model (6 x d512, ff 2048, 256 tokens); batch 16 x 256 = 4096 tokens a step
+            "reference": Training(steps=4, batch_size=16, lr=1e-3, train_size=2048, test_size=512,
+                                  eval_batch_size=64),
         },
         size={
             "smoke": TransformerSize(layers=1, heads=2, d_model=32, d_ff=64, seq_len=32, vocab_size=512),
