@@ -57,3 +57,12 @@ def layers(session):
         session.run("python", "benchmarks/layer_targets.py", *session.posargs[1:])
         return
     session.run("pytest", "benchmarks/bench_layers.py", "-q", *session.posargs)
+
+
+@nox.session
+def study(session):
+    """The study (issue 10): accuracy and cost across patterns, sparsity levels and representations, then
+    docs/study/STUDY.md and its plots. About an hour on 2 cores with one seed; it resumes from the points
+    already in results/study. Arguments go to `sparsebench study` (e.g. `nox -s study -- --seeds 3`, `-- --all`)."""
+    install(session)
+    session.run("sparsebench", "study", "--out", "results/study", "--report-dir", "docs/study", *session.posargs)

@@ -1,4 +1,4 @@
-"""The command line: ``sparsebench run | grid | report | check | baselines update``.
+"""The command line: ``sparsebench run | grid | report | check | baselines update | study``.
 
 Every failure the user can fix (bad arguments, missing data, missing baselines, unwritable
 output) ends in one line on stderr and a non-zero exit, never a traceback.
@@ -130,6 +130,10 @@ def build_parser() -> Parser:
     u.add_argument("--baselines", type=Path, default=Path("baselines"))
     u.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), choices=list(ARCHS))
     u.add_argument("--schemes", nargs="+", default=list(DEFAULT_SCHEMES))
+
+    from .study.command import add_study_parser
+
+    add_study_parser(sub)
     return parser
 
 
@@ -204,7 +208,14 @@ def cmd_baselines(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "grid": cmd_grid, "report": cmd_report, "check": cmd_check, "baselines": cmd_baselines}
+def cmd_study(args) -> int:
+    from .study.command import run_command
+
+    return run_command(args)
+
+
+COMMANDS = {"run": cmd_run, "grid": cmd_grid, "report": cmd_report, "check": cmd_check, "baselines": cmd_baselines,
+            "study": cmd_study}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,23 @@
+"""One accuracy point: a pattern trained once on the accuracy budget with one seed, through the grid's
+own per-cell runner (``grid.run_one``), so it is the same training and the same result document as
+a grid cell's.
+
+It trains with ``PATTERN@auto``: every representation of a pattern computes the same function (the
+property tests hold them to the masked reference), and ``auto`` gives each layer whichever valid
+representation trains fastest on this machine (``masked``, at dense speed, is always a candidate), so
+it is never slower than ``masked`` and the accuracy is the pattern's. Dense trains dense.
+
+``measure_accuracy`` is a module-level function returning plain JSON data: an executor's task.
+"""
+
+from __future__ import annotations
+
+from ..budgets import get_budget
+from ..cell import Cell
+from ..grid import run_one
+
+
+def measure_accuracy(arch: str, scheme: str, seed: int, budget: str, data_dir=None, device: str | None = None) -> dict:
+    """Train and measure ``arch`` with ``scheme``; the cell's result document, with its status."""
+    result = run_one(Cell.parse(arch, scheme), get_budget(budget), None, seed, data_dir, device, progress=False)
+    return {"status": result.status, "reason": result.reason, "result": result.to_dict()}

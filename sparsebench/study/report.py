@@ -1,0 +1,163 @@
+"""STUDY.md and its plots, generated from the study's point documents (every number from a run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tabulate import tabulate
+
+from ..results import MiB
+from . import analysis
+from .plots import write_plots
+
+MEMORY_TARGET_REPS = ("csr", "bsr_cpp", "auto")  # issue 10, Deliver 3: peak <= dense at S >= 0.5
+LEDGER_SHARE_TARGET = 0.7  # ... and at S = 0.9 at least 70% of the ledger saving reaches the peak
+
+
+def _machines(docs: dict) -> list[str]:
+    seen = {}
+    for doc in docs.values():
+        env = doc.get("env") or {}
+        if env:
+            name = (f"{env.get('cpu', '?')}, {env.get('threads', '?')} threads, kernels {env.get('kernel_variant')}, "
+                    f"torch {env.get('torch')}, {env.get('device')} (class {env.get('machine_class')})")
+            seen.setdefault(name, set()).add(env.get("commit"))
+    return [f"{m}; commit {', '.join(sorted(c for c in commits if c))}" for m, commits in seen.items()]
+
+
+def _budgets(docs: dict) -> str:
+    names = sorted({d["point"]["budget"] for d in docs.values() if d["point"]["kind"] == "accuracy"})
+    return ", ".join(f"`{n}`" for n in names) or "(none)"
+
+
+def _sizes(docs: dict) -> list[str]:
+    """One line per (size, arch): the model and batch its cost points used, from the documents."""
+    seen = {}
+    for d in docs.values():
+        p, v = d["point"], d["value"]
+        if p["kind"] == "cost" and d["status"] == "ok":
+            model = {k: x for k, x in v["model"].items() if k != "vocab_size"}
+            seen.setdefault((p["size"], p["arch"]), f"batch {v['batch_size']}, " + ", ".join(
+                f"{k} {x}" for k, x in model.items()))
+    return [f"- `{size}` {arch}: {text}" for (size, arch), text in sorted(seen.items())]
+
+
+def _pm(mean, std, fmt=".3f", scale=1.0) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean * scale:{fmt}}" + (f" ± {std * scale:{fmt}}" if std is not None else "")
+
+
+def accuracy_table(acc: dict) -> str:
+    rows = [[arch, pattern, s["n"], _pm(s["mean"], s["std"]), _pm(s["delta"], s["delta_std"], ".1f")]
+            for (arch, pattern), s in sorted(acc.items(), key=lambda kv: (kv[0][0], kv[0][1] != "dense", kv[0][1]))]
+    return tabulate(rows, ["arch", "pattern", "seeds", "accuracy (mean ± std)", "vs dense (points, paired)"],
+                    tablefmt="github")
+
+
+def break_even_md(rows: list[dict]) -> str:
+    table = analysis.break_even_table(rows)
+    reps = sorted({k[3] for k in table})
+    groups = sorted({k[:3] for k in table})
+    speed = {(r["arch"], r["size"], r["family"], r["rep"]): r for r in rows}
+
+    def cell(key):
+        if key not in table:
+            return ""
+        if table[key]["levels"] == 1:  # one level measured (masked's cost does not depend on S): no crossing
+            r = speed[key]
+            return f"({r['speedup']:.2f}x at {r['level']:.2f} only)"
+        return analysis.break_even_text(table[key])
+
+    body = [[arch, size, fam] + [cell((arch, size, fam, r)) for r in reps] for arch, size, fam in groups]
+    return tabulate(body, ["arch", "size", "pattern"] + reps, tablefmt="github")
+
+
+def _chosen(row: dict) -> str:
+    if row["rep"] != "auto":
+        return ""
+    counts: dict[str, int] = {}
+    for rep in row["chosen"].values():
+        counts[rep] = counts.get(rep, 0) + 1
+    return ", ".join(f"{rep} {n}" for rep, n in sorted(counts.items()))
+
+
+def cost_table(rows: list[dict]) -> str:
+    body = [[r["arch"], r["size"], r["scheme"], f"{r['speedup']:.2f}", f"{r['time_ratio']['forward']:.2f}",
+             f"{r['time_ratio']['backward']:.2f}", f"{r['time_ratio']['optimizer']:.2f}",
+             f"{r['peak'] / MiB:.1f} / {r['dense_peak'] / MiB:.1f}", f"{r['peak_ratio']:.2f}",
+             f"{r['ledger'] / MiB:.2f} / {r['dense_ledger'] / MiB:.2f}",
+             "-" if r["ledger_share"] is None else f"{r['ledger_share']:.0%}", f"{r['size_ratio']:.2f}",
+             f"{r['inference_speedup']:.2f}", _chosen(r)] for r in rows]
+    return tabulate(body, ["arch", "size", "scheme", "speed-up", "fwd x", "bwd x", "opt x", "peak MiB (dense)",
+                           "peak x", "ledger MiB (dense)", "ledger saving in peak", "model size x",
+                           "inference speed-up", "auto chose (layers)"], tablefmt="github")
+
+
+def memory_targets(rows: list[dict]) -> tuple[str, int, int]:
+    """Deliver 3's targets per cell: peak <= dense (S >= 0.5), ledger saving in the peak >= 70% (S = 0.9)."""
+    body, met, total = [], 0, 0
+    for r in rows:
+        if r["rep"] not in MEMORY_TARGET_REPS or r["level"] < 0.5:
+            continue
+        ok_peak = r["peak_ratio"] <= 1.0
+        share_target = abs(r["level"] - 0.9) < 1e-9
+        ok_share = (r["ledger_share"] or 0) >= LEDGER_SHARE_TARGET if share_target else None
+        ok = ok_peak and ok_share is not False
+        met, total = met + ok, total + 1
+        body.append([r["arch"], r["size"], r["scheme"], f"{r['peak_ratio']:.2f}", "yes" if ok_peak else "**no**",
+                     "-" if r["ledger_share"] is None else f"{r['ledger_share']:.0%}",
+                     {None: "", True: "yes", False: "**no**"}[ok_share]])
+    return (tabulate(body, ["arch", "size", "scheme", "peak / dense", "peak <= dense", "ledger saving in peak",
+                            ">= 70% (S = 0.9)"], tablefmt="github"), met, total)
+
+
+def build_study_report(docs: dict, problems: list[str], out_dir: Path, command: str) -> Path:
+    """Write ``out_dir/STUDY.md`` and the plots; return the STUDY.md path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    acc = analysis.accuracy_summary(docs)
+    rows = analysis.cost_rows(docs)
+    plots = write_plots(rows, acc, out_dir)
+    sizes = sorted({r["size"] for r in rows}, key=lambda s: (s != "reference", s))
+    seconds = sum(d["value"].get("seconds", 0) for d in docs.values() if d["point"]["kind"] == "cost")
+    lines = ["# The study: where sparsity pays", "",
+             f"Generated by `{command}` from {len(docs)} point documents. Every number below comes from those "
+             "documents; rerun the command to regenerate this file and its plots.", "",
+             "Measured on:", *[f"- {m}" for m in _machines(docs)], "",
+             f"Accuracy: the {_budgets(docs)} budget, trained once per (arch, pattern, sparsity, seed) with "
+             "`PATTERN@auto` (each layer the fastest valid representation here; every representation computes the same "
+             "function). Spread: the sample standard deviation over seeds (none with one seed); deltas against "
+             "dense are paired by seed, in percentage points. Cost: per (arch, size, scheme), a fresh dense "
+             "and a fresh scheme model stepped interleaved in one process on the same batch; speed-up = dense's "
+             "median step time / the scheme's (above 1: faster); fwd/bwd/opt x = the scheme's phase time over "
+             "dense's (above 1: slower); peak = memray's peak heap of a separate untimed pass (build, optimizer, "
+             "steps) taken after the process is warm.", "", "Sizes costed:", *_sizes(docs), ""]
+    if rows:
+        lines += ["## In a sentence", ""]
+        for size in sizes:
+            lines += [f"- {s}" for s in analysis.sentences(rows, acc, size)]
+        lines += ["", "## Break-even sparsity (training step time)", "",
+                  "The lowest sparsity from which the representation trains at least as fast as dense "
+                  "(interpolated between measured levels; `<= 0.50`: already at the lowest level measured; "
+                  "`> 0.95`: not even at the highest).", "", break_even_md(rows), ""]
+    if "speedup_vs_sparsity.png" in plots:
+        lines += ["![speed-up vs sparsity](speedup_vs_sparsity.png)", ""]
+    if acc:
+        lines += ["## Accuracy", "", accuracy_table(acc), "", "![accuracy vs sparsity](accuracy_vs_sparsity.png)", ""]
+    if "pareto_time.png" in plots:
+        lines += ["## Pareto fronts", "", "Each pattern at its fastest representation for that size; accuracy "
+                  f"from the {_budgets(docs)} budget.", "", "![accuracy vs training time](pareto_time.png)", "",
+                  "![accuracy vs peak memory](pareto_memory.png)", ""]
+    if rows:
+        table, met, total = memory_targets(rows)
+        lines += ["## Peak memory against dense (issue 10's targets)", "",
+                  f"`csr`, `bsr_cpp` and `auto` at S >= 0.5: peak training memory <= dense, and at S = 0.9 at "
+                  f"least 70% of the ledger's saving reaching the peak. Met by {met} of {total} cells.", "", table, "",
+                  "## Cost per point", "", f"{len(rows)} points, {seconds / 60:.1f} min of measurement.", "",
+                  cost_table(rows), ""]
+    skipped = [f"- {d['key']}: {d['reason']}" for d in docs.values() if d["status"] != "ok"]
+    if skipped or problems:
+        lines += ["## Not in this report", "", *skipped, *[f"- {p}" for p in problems], ""]
+    path = out_dir / "STUDY.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
