@@ -1,5 +1,6 @@
 """nox sessions: `nox -s bench` (the default grid, report and gate), `nox -s tests`, `nox -s lint`,
-`nox -s layers` (the layer benchmark). Arguments after `--` go to pytest.
+`nox -s layers` (the layer benchmark), `nox -s ray` (the Ray executor on a local Ray instance).
+Arguments after `--` go to pytest.
 
 Virtualenvs are reused between runs (torch is large); `nox -s tests --no-reuse-existing-virtualenvs`
 forces a fresh one.
@@ -13,9 +14,9 @@ nox.options.sessions = ["lint", "tests"]
 TORCH = "torch==2.13.0"  # the CPU build on this workplace's disk; see README
 
 
-def install(session):
+def install(session, extras="dev"):
     session.install(TORCH)
-    session.install("-e", ".[dev]")
+    session.install("-e", f".[{extras}]")
 
 
 @nox.session
@@ -57,6 +58,16 @@ def layers(session):
         session.run("python", "benchmarks/layer_targets.py", *session.posargs[1:])
         return
     session.run("pytest", "benchmarks/bench_layers.py", "-q", *session.posargs)
+
+
+@nox.session
+def ray(session):
+    """The Ray executor (issue 12): a smoke grid on a local 2-CPU Ray instance started by the test, a worker
+    killed mid-cell (retry, then an error document), and the same grid run serially, compared cell by cell.
+    Ray is an optional extra, so it has its own virtualenv; here a missing ray fails instead of skipping."""
+    install(session, "dev,ray")
+    session.run("pytest", "tests/test_ray.py", "-q", "-p", "no:randomly", *session.posargs,
+                env={"SPARSEBENCH_REQUIRE_RAY": "1"})
 
 
 @nox.session

@@ -79,6 +79,21 @@ def add_cell_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def add_executor_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", choices=["serial", "ray"], default="serial",
+                   help="serial: cells one after another here (default); ray: each cell one Ray task "
+                        "(pip install 'sparsebench[ray]'), results written here as they arrive")
+    p.add_argument("--address", help="with --executor ray: the Ray cluster, e.g. HEAD:6379 "
+                                     "(default: start a local Ray instance)")
+
+
+def executor_of(args):
+    from .executors import get_executor
+
+    options = {"address": args.address} | ({"progress": not args.quiet} if args.executor != "serial" else {})
+    return get_executor(args.executor, **options)
+
+
 def build_parser() -> Parser:
     from .archs import ARCHS
     from .grid import DEFAULT_ARCHS, DEFAULT_SCHEMES
@@ -103,6 +118,7 @@ def build_parser() -> Parser:
                    + " ".join(DEFAULT_SCHEMES))
     p.add_argument("--force", action="store_true", help="rerun cells already written in OUT with the same settings "
                    "(default: keep them, so an interrupted grid resumes)")
+    add_executor_options(p)
     add_cell_options(p)
 
     p = sub.add_parser("report", help="tables and plots from a results directory",
@@ -174,8 +190,12 @@ def cmd_grid(args) -> int:
     cells = default_cells(args.archs, args.schemes)
     budget = budget_of(args)
     writable_dir(args.out)
-    run_grid(cells, budget, args.out, args.seed, args.data_dir, args.device, not args.quiet, force=args.force,
-             keep_dense=args.keep_dense)
+    executor = executor_of(args)  # ray missing: one line, before anything runs
+    try:
+        run_grid(cells, budget, args.out, args.seed, args.data_dir, args.device, not args.quiet, force=args.force,
+                 keep_dense=args.keep_dense, executor=executor)
+    finally:
+        executor.close()
     print(build_report(args.out))
     return 0
 
@@ -220,6 +240,7 @@ COMMANDS = {"run": cmd_run, "grid": cmd_grid, "report": cmd_report, "check": cmd
 
 def main(argv: list[str] | None = None) -> int:
     from .data import DataNotFound
+    from .executors import ExecutorUnavailable
     from .gate import BaselineError
     from .grid import ResultsLocked
     from .kernels import KernelsUnavailable
@@ -231,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sparsebench: error: {err}", file=sys.stderr)
         return 1
     except (UsageError, ValueError, DataNotFound, BaselineError, FileNotFoundError, PermissionError,
-            ResultsLocked) as err:
+            ResultsLocked, ExecutorUnavailable) as err:
         message = str(err) if isinstance(err, UsageError) else f"sparsebench: error: {err}"
         print(message, file=sys.stderr)
         return EXIT_USAGE

@@ -10,6 +10,12 @@ Before any cell trains, ``preflight`` checks everything that can be known withou
 data of every architecture, the scheme against every layer of every architecture). While a grid writes
 a results directory it holds its lock (``results_lock``); a rerun keeps the cells already written
 with the same settings (``reusable``) unless forced.
+
+Cells run through an executor (executors.py): each cell still to run is one ``Task`` (``run_cell``, which
+returns the cell's Result and writes nothing, with the CPUs and GPU the budget needs); the driver writes each
+document as its outcome arrives, so a Ray run writes the same files as a serial one. A cell that failed for
+good on a distributed executor (raised or lost its worker twice) is written as an ``error`` document with
+the reason; a rerun runs it again.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pathlib import Path
 from .atomic import clean_orphans, write_json_atomic
 from .budgets import Budget
 from .cell import Cell, cells
+from .executors import SerialExecutor, Task
 from .representations import RepresentationUnavailable
 from .results import Result, read_result, write_result
 
@@ -42,6 +49,7 @@ DEFAULT_SCHEMES = (
     "magnitude:0.5@masked",
 )
 MANIFEST = "grid.json"
+TASK_CPUS = 2  # CPUs (and torch threads) one cell reserves on a cluster: the ci budget's 2-core machine class (t2)
 LOCK = ".sparsebench.lock"
 
 
@@ -194,33 +202,69 @@ def run_one(cell: Cell, budget: Budget, out_dir: str | Path | None = None, seed:
     return result
 
 
+def cell_resources(budget: Budget, device: str | None = None, cpus: int = TASK_CPUS) -> tuple[int, int]:
+    """(CPUs, GPUs) one cell of ``budget`` reserves: ``cpus`` threads, and a GPU when it trains on CUDA (the
+    ``full`` budget, unless ``--device cpu``)."""
+    gpus = 1 if device == "cuda" or (device is None and budget.device == "cuda") else 0
+    return cpus, gpus
+
+
+def run_cell(cell: Cell, budget: Budget, seed: int = 0, data_dir=None, device=None, progress: bool = False,
+             keep_dense=None) -> Result:
+    """One grid task: run the cell and return its Result (skipped with the reason where this machine cannot run
+    it), writing nothing; the driver writes it. Module-level, so a Ray worker can import it."""
+    return run_one(cell, budget, None, seed, data_dir, device, progress, keep_dense=keep_dense)
+
+
 def run_grid(grid: list[Cell], budget: Budget, out_dir: str | Path, seed: int = 0, data_dir=None, device=None,
-             progress: bool = True, force: bool = False, keep_dense=None) -> list[Result]:
-    """Check every cell (``preflight``), then run them under the directory's lock, keeping the cells a
-    previous run already wrote with the same settings unless ``force``."""
+             progress: bool = True, force: bool = False, keep_dense=None, executor=None,
+             cell_fn: Callable[..., Result] | None = None) -> list[Result]:
+    """Check every cell (``preflight``), then run them under the directory's lock through ``executor`` (default:
+    serial, in this process), keeping the cells a previous run already wrote with the same settings unless
+    ``force``. ``cell_fn`` replaces ``run_cell`` (a module-level function with its signature; tests)."""
     preflight(grid, budget, data_dir, device, keep_dense)
     with results_lock(out_dir):
         clean_orphans(out_dir, older_than_s=0)  # we hold the lock: every temp file is a dead writer's
         write_manifest(out_dir, budget, grid)
-        return _run_cells(grid, budget, out_dir, seed, data_dir, device, progress, force, keep_dense)
+        return _run_cells(grid, budget, out_dir, seed, data_dir, device, progress, force, keep_dense,
+                          executor or SerialExecutor(), cell_fn or run_cell)
 
 
-def _run_cells(grid, budget, out_dir, seed, data_dir, device, progress, force, keep_dense) -> list[Result]:
-    done, start = [], time.perf_counter()
+def _run_cells(grid, budget, out_dir, seed, data_dir, device, progress, force, keep_dense, executor,
+               cell_fn) -> list[Result]:
+    done: dict[str, Result] = {}
+    todo: dict[str, tuple[int, Cell]] = {}
+    tasks, start = [], time.perf_counter()
+    cpus, gpus = cell_resources(budget, device)
     for i, cell in enumerate(grid, 1):
-        t0 = time.perf_counter()
+        if cell.id in done or cell.id in todo:
+            continue  # the same cell twice: one document
         kept = None if force else reusable(cell, out_dir, budget, seed, keep_dense)
         if kept is not None:
-            done.append(kept)
+            done[cell.id] = kept
             if progress:
                 print(f"[{i}/{len(grid)}] {cell}: kept from an earlier run with the same settings "
                       f"({cell.path(out_dir)}; --force reruns it)", file=sys.stderr, flush=True)
             continue
-        result = run_one(cell, budget, out_dir, seed, data_dir, device, progress, keep_dense=keep_dense)
-        done.append(result)
+        todo[cell.id] = (i, cell)
+        # in this process the cell shows its own progress; on a cluster the executor's counts do
+        kwargs = {"seed": seed, "data_dir": data_dir, "device": device, "keep_dense": keep_dense,
+                  "progress": progress and isinstance(executor, SerialExecutor)}
+        tasks.append(Task(cell.id, cell_fn, (cell, budget), kwargs, cpus=cpus, gpus=gpus))
+    t0 = time.perf_counter()
+    for outcome in executor.run(tasks):
+        i, cell = todo[outcome.task.key]
+        if outcome.ok:
+            result = outcome.value
+        else:
+            tries = f" (after {outcome.attempts} attempts)" if outcome.attempts > 1 else ""
+            result = Result.skipped(cell, budget.name, f"{outcome.error}{tries}", status="error")
+        write_result(out_dir, result)
+        done[cell.id] = result
         if progress:
             what = (f"acc {result.accuracy:.3f}, time x{result.time_ratio_vs_dense:.2f} of dense" if result.ok
-                    else f"skipped: {result.reason}")
+                    else f"{result.status}: {result.reason}")
             print(f"[{i}/{len(grid)}] {cell}: {what} ({time.perf_counter() - t0:.0f} s, "
                   f"{time.perf_counter() - start:.0f} s total) -> {cell.path(out_dir)}", file=sys.stderr, flush=True)
-    return done
+        t0 = time.perf_counter()
+    return [done[cell.id] for cell in grid]

@@ -24,6 +24,7 @@ def is_safe_name(name) -> bool:
     return isinstance(name, str) and SAFE_NAME.fullmatch(name) is not None
 
 KiB, MiB = 1024, 1024 * 1024  # the byte units results are shown in
+STATUSES = ("ok", "skipped", "error")  # error: the cell crashed or lost its worker (after its retry), see reason
 SCHEMA_VERSION = 2  # 2: env.machine (fingerprint), env.machine_class, env.kernel_variant*, ledger_bytes
 
 
@@ -175,6 +176,10 @@ def _check_identity(where: str, doc: dict) -> None:
     for key in ("arch", "scheme", "slug", "budget", "status"):
         if not isinstance(doc[key], str):
             raise ValueError(f"{where}: key {key!r} must be a str, got {doc[key]!r}")
+    if doc["status"] not in STATUSES:
+        raise ValueError(f"{where}: key 'status' is {doc['status']!r}, not one of {', '.join(STATUSES)}")
+    if doc["status"] != "ok" and not isinstance(doc.get("reason"), str):
+        raise ValueError(f"{where}: status {doc['status']!r} needs a 'reason' (why the cell did not run)")
     if doc["arch"] not in ARCHS:
         raise ValueError(f"{where}: key 'arch' is {doc['arch']!r}, not a known architecture ({', '.join(ARCHS)})")
     try:
