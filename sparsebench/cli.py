@@ -81,7 +81,7 @@ def add_cell_options(p: argparse.ArgumentParser) -> None:
 
 def add_executor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", choices=["serial", "ray"], default="serial",
-                   help="serial: cells one after another here (default); ray: each cell one Ray task "
+                   help="serial: one cell (study: point) after another here (default); ray: each one Ray task "
                         "(pip install 'sparsebench[ray]'), results written here as they arrive")
     p.add_argument("--address", help="with --executor ray: the Ray cluster, e.g. HEAD:6379 "
                                      "(default: start a local Ray instance)")
@@ -150,6 +150,7 @@ def build_parser() -> Parser:
     from .study.command import add_study_parser
 
     add_study_parser(sub)
+    add_executor_options(sub.choices["study"])  # each point one Ray task with --executor ray
     return parser
 
 
@@ -231,7 +232,12 @@ def cmd_baselines(args) -> int:
 def cmd_study(args) -> int:
     from .study.command import run_command
 
-    return run_command(args)
+    executor = None if args.report_only else executor_of(args)  # ray missing: one line, before anything runs
+    try:
+        return run_command(args, executor)
+    finally:
+        if executor is not None:
+            executor.close()
 
 
 COMMANDS = {"run": cmd_run, "grid": cmd_grid, "report": cmd_report, "check": cmd_check, "baselines": cmd_baselines,
