@@ -144,10 +144,13 @@ class RayExecutor:
             return (f"{done}/{len(tasks)} done, {len(in_flight)} running, {len(waiting)} waiting, {failed} failed "
                     f"({time.perf_counter() - start:.0f} s)")
 
+        def fill() -> None:
+            while waiting and fits(waiting[0]):
+                submit(waiting.pop(0), 1)
+
         try:
             while waiting or in_flight:
-                while waiting and fits(waiting[0]):
-                    submit(waiting.pop(0), 1)
+                fill()
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=self.poll_s)
                 if not ready:
                     self._say(status())
@@ -164,10 +167,12 @@ class RayExecutor:
                         continue
                     failed += 1
                     done += 1
+                    fill()  # so the counts below say what runs now
                     self._say(f"{task.key}: failed after {attempt} attempts ({reason}); {status()}")
                     yield Outcome(task, error=reason, attempts=attempt)
                     continue
                 done += 1
+                fill()
                 self._say(f"{task.key}: done{f' on attempt {attempt}' if attempt > 1 else ''}; {status()}")
                 yield Outcome(task, value, attempts=attempt)
         finally:  # the driver stopped early (Ctrl-C, an error writing a result): do not leave cells running
