@@ -19,6 +19,7 @@ from sparsebench.study.points import (
 @pytest.mark.parametrize("series, kind, sparsity", [
     ([(0.5, 1.4), (0.75, 1.2), (0.9, 0.8), (0.95, 0.6)], "interpolated", 0.75 + 0.2 * 0.15 / 0.4),
     ([(0.9, 0.8), (0.5, 1.5), (0.75, 1.0)], "interpolated", 0.75 + 0.0),  # ratio 1.0 counts as break-even
+    ([(0.5, 1.5), (0.9, 1.0)], "interpolated", 0.9),  # dense speed at the highest level is break-even
     ([(0.5, 0.9), (0.9, 0.5)], "at_or_below", 0.5),
     ([(0.5, 2.0), (0.9, 1.1)], "never", 0.9),
     ([(0.5, 0.9), (0.75, 1.2), (0.9, 0.95)], "interpolated", 0.75 + 0.2 * 0.15 / 0.25),  # must stay below

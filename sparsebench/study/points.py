@@ -78,7 +78,7 @@ class AccuracyPoint:
 
     @property
     def key(self) -> str:
-        return f"accuracy/{self.budget}/{self.arch}/{parse_scheme(self.pattern).slug}-seed{self.seed}"
+        return f"accuracy/{self.budget}/{self.arch}/{parse_scheme(self.pattern).spec.slug}-seed{self.seed}"
 
     def describe(self) -> dict:
         return {"kind": self.kind, "arch": self.arch, "pattern": self.pattern, "seed": self.seed,

@@ -1,0 +1,157 @@
+"""``sparsebench study`` end to end on tiny data: the smoke study, resume, unusable documents, bad input."""
+
+import json
+import shutil
+
+import pytest
+
+from sparsebench.cli import main
+from sparsebench.study import documents, driver
+from sparsebench.study.command import add_study_parser  # noqa: F401  (the command line's own entry)
+from sparsebench.study.plots import PLOTS
+from sparsebench.study.points import COST_BUDGETS, DEFAULT_LEVELS, Sweep
+
+# one cost point and three accuracy points: enough to see what is measured again and what is kept
+TINY = ["--budget", "smoke", "--archs", "cnn", "--patterns", "block:4x4", "--levels", "0.9",
+        "--representations", "bsr_cpp", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tiny_data_dir, tmp_path_factory):
+    """`sparsebench study --budget smoke` (its whole default sweep), once for the module."""
+    out = tmp_path_factory.mktemp("study")
+    assert main(["study", "--budget", "smoke", "--out", str(out), "--data-dir", str(tiny_data_dir), "--quiet"]) == 0
+    return out
+
+
+def test_smoke_study_writes_every_point_the_report_and_the_plots(smoke_study):
+    sweep = Sweep(budget="smoke", sizes=COST_BUDGETS["smoke"], levels=DEFAULT_LEVELS["smoke"])
+    points = driver.plan(sweep)
+    assert {p.kind for p in points} == {"accuracy", "cost"}
+    for point in points:
+        doc = documents.read(point.path(smoke_study), point)  # every document there and valid
+        assert doc is not None, point.key
+    ok_costs = [p for p in points if p.kind == "cost"
+                and documents.read(p.path(smoke_study), p)["status"] == "ok"]
+    assert len(ok_costs) >= len([p for p in points if p.kind == "cost"]) - 4  # bsr_cpp skips only without kernels
+    text = (smoke_study / "STUDY.md").read_text()
+    for heading in ("## In a sentence", "## Break-even sparsity", "## Accuracy", "## Pareto fronts",
+                    "## Peak memory against dense", "## Cost per point"):
+        assert heading in text
+    assert "`sparsebench study --out " in text and "--budget smoke" in text  # the command that regenerates it
+    assert "on this machine, block 16x16 at 90%" in text
+    assert "| cnn         | smoke  | block:16x16 |" in text  # a break-even row
+    for plot in PLOTS:
+        assert (smoke_study / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({plot})" in text
+
+
+def _count_calls(monkeypatch):
+    calls = []
+    for name in ("measure_accuracy", "measure_cost"):
+        real = getattr(driver, name)
+
+        def counted(*args, _real=real, **kwargs):
+            calls.append(kwargs.get("scheme"))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(driver, name, counted)
+    return calls
+
+
+def _tiny(out, data, *extra):
+    return main(["study", "--out", str(out), "--data-dir", str(data), *TINY, *extra])
+
+
+def test_an_interrupted_study_resumes_and_force_reruns(tiny_data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    assert _tiny(out, tiny_data_dir) == 0
+    docs = sorted(out.rglob("*.json"))
+    assert len(docs) == 3  # accuracy: dense, block:4x4:0.9; cost: block:4x4:0.9@bsr_cpp
+    cost_doc = out / "cost/smoke/cnn/block4x4-0.9-bsr_cpp.json"
+    calls = _count_calls(monkeypatch)
+    assert _tiny(out, tiny_data_dir) == 0
+    assert calls == []  # everything kept
+    cost_doc.unlink()  # as if the study had been killed before this point
+    assert _tiny(out, tiny_data_dir) == 0
+    assert calls == ["block:4x4:0.9@bsr_cpp"]
+    calls.clear()
+    assert _tiny(out, tiny_data_dir, "--force") == 0
+    assert sorted(calls) == ["block:4x4:0.9@auto", "block:4x4:0.9@bsr_cpp", "dense"]
+
+
+def test_unusable_documents_are_named_and_measured_again(tiny_data_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "study"
+    assert _tiny(out, tiny_data_dir) == 0
+    cost_doc = out / "cost/smoke/cnn/block4x4-0.9-bsr_cpp.json"
+    dense_doc = out / "accuracy/smoke/cnn/dense-seed0.json"
+    sparse_doc = out / "accuracy/smoke/cnn/block4x4-0.9-seed0.json"
+    good = json.loads(cost_doc.read_text())
+    calls = _count_calls(monkeypatch)
+    cases = {
+        "not readable as JSON": (cost_doc, lambda: cost_doc.write_text('{"study_schema": 1, "key": ')),
+        "describes another point": (sparse_doc, lambda: shutil.copy(dense_doc, sparse_doc)),
+        "other settings": (cost_doc, lambda: cost_doc.write_text(json.dumps(
+            good | {"settings": good["settings"] | {"measurement": {"warmup": 0}}}))),
+        "value.speedup must be a positive finite number": (cost_doc, lambda: cost_doc.write_text(json.dumps(
+            good | {"value": good["value"] | {"speedup": -1}}))),
+        "study_schema": (cost_doc, lambda: cost_doc.write_text(json.dumps(good | {"study_schema": 99}))),
+        "its result document is invalid": (dense_doc, lambda: dense_doc.write_text(json.dumps(
+            json.loads(dense_doc.read_text()) | {"value": {"status": "ok", "result": {"accuracy": 2}}}))),
+    }
+    for why, (path, damage) in cases.items():
+        damage()
+        calls.clear()
+        capsys.readouterr()
+        assert _tiny(out, tiny_data_dir, "--quiet") == 0
+        assert len(calls) == 1, why  # that point, and only it, measured again
+        assert documents.read(path, _point_of(path, out)) is not None, why
+        damage()
+        with pytest.raises(documents.Unusable, match=why):
+            documents.read(path, _point_of(path, out))
+        assert _tiny(out, tiny_data_dir, "--quiet") == 0  # repaired for the next case
+
+
+def _point_of(path, out):
+    sweep = Sweep(archs=("cnn",), families=("block:4x4",), levels=(0.9,), fixed=(), representations=("bsr_cpp",),
+                  budget="smoke", sizes=("smoke",))
+    return next(p for p in driver.plan(sweep) if p.path(out) == path)
+
+
+def test_progress_names_an_unusable_document(tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "study"
+    assert _tiny(out, tiny_data_dir) == 0
+    (out / "cost/smoke/cnn/block4x4-0.9-bsr_cpp.json").write_text("garbage")
+    capsys.readouterr()
+    argv = ["study", "--out", str(out), "--data-dir", str(tiny_data_dir), *[a for a in TINY if a != "--quiet"]]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "cost/smoke/cnn/block4x4-0.9-bsr_cpp: document" in err and "not readable as JSON" in err
+    assert "2 kept from an earlier run" in err and "[1/1] cost/smoke/cnn/block4x4-0.9-bsr_cpp" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--levels", "1.5"], "a sparsity level must be in (0, 1)"),
+    (["--levels", "x"], "is not a number"),
+    (["--patterns", "random:0.5"], "give a family without its sparsity"),
+    (["--patterns", "blob"], "is not a pattern family"),
+    (["--patterns", "random@csr"], "is not a pattern family"),
+    (["--seeds", "0"], "must be in [1, 100]"),
+    (["--budget", "full"], "invalid choice"),
+    (["--representations", "semi"], "invalid choice"),
+    (["--report-only", "--out", "{tmp}/nowhere/at/all"], "does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    assert main(["study", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_data_fails_before_any_work(tmp_path, capsys):
+    assert main(["study", "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "none"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(tmp_path / "none") in err
+    assert not list((tmp_path / "out").rglob("*.json"))
