@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sparsebench import memory_ledger, sparsify
+from sparsebench import allocator, memory_ledger, sparsify
 
 # the layer shapes of the reference models: (tokens, in, out)
 SHAPES = {
@@ -20,6 +20,7 @@ class LayerStep:
     """A Linear layer under ``scheme`` with Adam, fixed input and output gradient; ``step()`` trains once."""
 
     def __init__(self, shape: str, scheme: str, seed: int = 0):
+        allocator.keep_freed_memory()  # as in every training process of the harness (sparsebench/allocator.py)
         tokens, d_in, d_out = SHAPES[shape]
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)

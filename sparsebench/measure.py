@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import machine
+from . import allocator, machine
 from .representations import SparseConv2d, SparseLinear
 
 
@@ -136,6 +136,7 @@ def environment(device: torch.device) -> dict:
         "platform": platform.platform(),
         "kernel_variant": variant,
         "kernel_variant_forced": forced,
+        "allocator": allocator.state(),
         "machine": fp,
         "machine_class": machine.machine_class(fp),
     }

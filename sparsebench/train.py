@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import timing
+from . import allocator, timing
 from .archs import Task, get_arch
 from .budgets import Budget, Training
 from .cell import Cell
@@ -117,6 +117,7 @@ class CellRun:
                  progress: bool = True, keep_dense=None):
         self.cell, self.budget, self.seed, self.progress = cell, budget, seed, progress
         self.keep_dense = sorted(keep_dense) if keep_dense else None  # layers kept dense besides the default
+        allocator.keep_freed_memory()  # before anything is allocated: dense and sparse alike (allocator.py)
         self.arch = get_arch(cell.arch)
         self.training = self.arch.training_for(budget)
         self.size = self.arch.size_for(budget)

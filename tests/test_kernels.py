@@ -170,12 +170,14 @@ def test_csr_products_match_dense(rows, cols, n, sparsity, seed):
     W = torch.randn(rows, cols, generator=g) * keep
     crow, col, t_crow, t_col, perm = csr_structure(keep)
     vals = W[keep].contiguous()
-    x_t, dy_t = torch.randn(cols, n, generator=g), torch.randn(rows, n, generator=g)
-    torch.testing.assert_close(kernels.csr_spmm(crow, col, vals, x_t, cols), W @ x_t, **tol(cols))
-    torch.testing.assert_close(kernels.csr_spmm(t_crow, t_col, vals[perm], dy_t, rows), W.t() @ dy_t, **tol(rows))
-    torch.testing.assert_close(kernels.csr_sddmm(crow, col, dy_t, x_t), (dy_t @ x_t.t())[keep], **tol(n))
+    x, dy = torch.randn(n, cols, generator=g), torch.randn(n, rows, generator=g)
+    torch.testing.assert_close(kernels.csr_mm(crow, col, vals, x, cols), x @ W.t(), **tol(cols))
+    torch.testing.assert_close(kernels.csr_mm(t_crow, t_col, vals[perm], dy, rows), dy @ W, **tol(rows))
+    torch.testing.assert_close(kernels.csr_sddmm(crow, col, dy, x), (dy.t() @ x)[keep], **tol(n))
     bias = torch.randn(rows, generator=g)
-    torch.testing.assert_close(kernels.csr_spmm(crow, col, vals, x_t, cols, bias), W @ x_t + bias[:, None], **tol(cols))
+    torch.testing.assert_close(kernels.csr_mm(crow, col, vals, x, cols, bias), x @ W.t() + bias, **tol(cols))
+    wide = torch.randn(n, cols + 7, generator=g)[:, 3:3 + cols]  # a row stride other than the width
+    torch.testing.assert_close(kernels.csr_mm(crow, col, vals, wide, cols), wide @ W.t(), **tol(cols))
 
 
 def test_csr_rejects_bad_inputs():
@@ -186,40 +188,46 @@ def test_csr_rejects_bad_inputs():
     crow, col, *_ = csr_structure(keep)
     vals = torch.randn(int(keep.sum()))
     with pytest.raises(ValueError, match="float32"):
-        kernels.csr_spmm(crow, col, vals, torch.randn(16, 4).double(), 16)
+        kernels.csr_mm(crow, col, vals, torch.randn(4, 16).double(), 16)
     with pytest.raises(ValueError, match="int32"):
-        kernels.csr_spmm(crow.long(), col, vals, torch.randn(16, 4), 16)
-    with pytest.raises(ValueError, match="16 rows"):
-        kernels.csr_spmm(crow, col, vals, torch.randn(12, 4), 16)
+        kernels.csr_mm(crow.long(), col, vals, torch.randn(4, 16), 16)
+    with pytest.raises(ValueError, match="16 columns"):
+        kernels.csr_mm(crow, col, vals, torch.randn(4, 12), 16)
     with pytest.raises(ValueError, match="does not match"):
-        kernels.csr_spmm(crow, col, vals[:-1], torch.randn(16, 4), 16)
-    with pytest.raises(ValueError, match="columns"):
-        kernels.csr_sddmm(crow, col, torch.randn(8, 4), torch.randn(16, 5))
+        kernels.csr_mm(crow, col, vals[:-1], torch.randn(4, 16), 16)
+    with pytest.raises(ValueError, match="same number of rows"):
+        kernels.csr_sddmm(crow, col, torch.randn(4, 8), torch.randn(5, 16))
+    with pytest.raises(ValueError, match="row_ptr must have length"):
+        kernels.csr_sddmm(crow, col, torch.randn(4, 9), torch.randn(4, 16))
     bad = col.clone()
     bad[0] = 16
     with pytest.raises(ValueError, match="col entries"):
-        kernels.csr_spmm(crow, bad, vals, torch.randn(16, 4), 16)
+        kernels.csr_mm(crow, bad, vals, torch.randn(4, 16), 16)
 
 
 # ------------------------------------------------------------------ the training ops' autograd
 @settings(deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(1, 40), block=st.sampled_from([(4, 4), (8, 8), (16, 16), (32, 32), (4, 8), (3, 5)]),
        nbr=st.integers(1, 4), nbc=st.integers(1, 4), sparsity=st.sampled_from([0.0, 0.5, 0.9, 1.0]),
-       seed=st.integers(0, 2**16))
-def test_bsr_linear_autograd_matches_masked_dense(n, block, nbr, nbc, sparsity, seed):
+       seed=st.integers(0, 2**16), with_bias=st.booleans())
+def test_bsr_linear_autograd_matches_masked_dense(n, block, nbr, nbc, sparsity, seed, with_bias):
     R, C = block
     W, vals, crow, col, keep = make_bsr(nbr, nbc, R, C, sparsity, seed)
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(n, nbc * C, generator=g, requires_grad=True)
     values = vals.clone().requires_grad_()
-    y = kernels.bsr_linear(x, values, crow, col, kernels.transpose_structure(crow, col, nbc), nbr * R)
+    bias = torch.randn(nbr * R, generator=g, requires_grad=True) if with_bias else None
+    y = kernels.bsr_linear(x, values, crow, col, kernels.transpose_structure(crow, col, nbc), nbr * R, bias)
     dy = torch.randn_like(y)
     y.backward(dy)
     mask = keep.repeat_interleave(R, 0).repeat_interleave(C, 1)
     Wd = W.clone().requires_grad_()
     xd = x.detach().clone().requires_grad_()
-    yd = xd @ (Wd * mask).t()
+    bd = bias.detach().clone().requires_grad_() if with_bias else None
+    yd = xd @ (Wd * mask).t() + (bd if with_bias else 0)
     yd.backward(dy)
+    if with_bias:
+        torch.testing.assert_close(bias.grad, bd.grad, **tol(n))
     torch.testing.assert_close(y, yd, **tol(nbc * C))
     torch.testing.assert_close(x.grad, xd.grad, **tol(nbr * R))
     G = Wd.grad.reshape(nbr, R, nbc, C).permute(0, 2, 1, 3)[keep]
@@ -238,17 +246,17 @@ def test_csr_linear_autograd_matches_masked_dense(rows, cols, n, sparsity, seed,
     crow, col, *transposed = csr_structure(keep)
     values = W[keep].contiguous().requires_grad_()
     bias = torch.randn(rows, generator=g, requires_grad=True) if with_bias else None
-    x_t = torch.randn(cols, n, generator=g, requires_grad=True)
-    y_t = kernels.csr_linear_t(x_t, values, bias, crow, col, transposed)
-    dy_t = torch.randn_like(y_t)
-    y_t.backward(dy_t)
+    x = torch.randn(n, cols, generator=g, requires_grad=True)
+    y = kernels.csr_linear(x, values, bias, crow, col, transposed)
+    dy = torch.randn_like(y)
+    y.backward(dy)
     Wd = W.clone().requires_grad_()
-    xd = x_t.detach().clone().requires_grad_()
+    xd = x.detach().clone().requires_grad_()
     bd = bias.detach().clone().requires_grad_() if with_bias else None
-    yd = (Wd * keep) @ xd + (bd[:, None] if with_bias else 0)
-    yd.backward(dy_t)
-    torch.testing.assert_close(y_t, yd, **tol(cols))
-    torch.testing.assert_close(x_t.grad, xd.grad, **tol(rows))
+    yd = xd @ (Wd * keep).t() + (bd if with_bias else 0)
+    yd.backward(dy)
+    torch.testing.assert_close(y, yd, **tol(cols))
+    torch.testing.assert_close(x.grad, xd.grad, **tol(rows))
     torch.testing.assert_close(values.grad, Wd.grad[keep], **tol(n))
     if with_bias:
         torch.testing.assert_close(bias.grad, bd.grad, **tol(n))
@@ -269,34 +277,28 @@ def _csr_case(seed=0):
     keep = torch.rand(12, 20, generator=g) >= 0.6
     crow, col, t_crow, t_col, perm = csr_structure(keep)
     vals = torch.randn(int(keep.sum()), generator=g)
-    return crow, col, (t_crow, t_col, perm), vals, torch.randn(20, 33, generator=g), torch.randn(12, 33, generator=g)
+    return crow, col, (t_crow, t_col, perm), vals, torch.randn(33, 20, generator=g), torch.randn(33, 12, generator=g)
 
 
 def _op_cases():
     ops = torch.ops.sparse_linear
     for R, C in [(4, 4), (16, 16), (3, 5)]:
         vals, crow, col, ts, x, dy = _bsr_case(R, C)
-        yield f"bsr_linear-{R}x{C}", ops.bsr_linear.default, (x.requires_grad_(), vals.requires_grad_(), crow, col, *ts,
-                                                               3 * R)
-        yield f"bsr_forward-{R}x{C}", ops.bsr_forward.default, (x.detach(), vals.detach(), crow, col, 3 * R)
+        bias = torch.randn(3 * R)
+        yield f"bsr_linear-{R}x{C}", ops.bsr_linear.default, (x.requires_grad_(), vals.requires_grad_(),
+                                                               bias.requires_grad_(), crow, col, *ts, 3 * R)
+        yield f"bsr_linear-nobias-{R}x{C}", ops.bsr_linear.default, (x, vals, None, crow, col, *ts, 3 * R)
+        yield f"bsr_forward-{R}x{C}", ops.bsr_forward.default, (x.detach(), vals.detach(), bias.detach(), crow, col,
+                                                                 3 * R)
         yield f"bsr_input_grad-{R}x{C}", ops.bsr_input_grad.default, (dy, vals.detach(), *ts, 4 * C)
         yield f"bsr_weight_grad-{R}x{C}", ops.bsr_weight_grad.default, (dy, x.detach(), crow, col, R, C)
-    crow, col, ts, vals, x_t, dy_t = _csr_case()
+    crow, col, ts, vals, x, dy = _csr_case()
     bias = torch.randn(12)
-    yield "csr_linear_t", ops.csr_linear_t.default, (x_t.requires_grad_(), vals.requires_grad_(),
-                                                     bias.requires_grad_(), crow, col, *ts)
-    yield "csr_linear_t-nobias", ops.csr_linear_t.default, (x_t, vals, None, crow, col, *ts)
-    yield "csr_spmm", ops.csr_spmm.default, (crow, col, vals.detach(), x_t.detach(), bias.detach())
-    yield "csr_sddmm", ops.csr_sddmm.default, (crow, col, dy_t, x_t.detach())
-    yield "transpose", ops.transpose.default, (torch.randn(70, 37).requires_grad_(),)
-
-
-def test_transpose():
-    for shape in [(0, 3), (1, 1), (32, 32), (70, 37), (129, 64)]:
-        a = torch.randn(*shape)
-        torch.testing.assert_close(kernels.transpose(a), a.t().contiguous(), rtol=0, atol=0)
-    a = torch.randn(40, 50)[:, 5:45]  # row stride 50
-    torch.testing.assert_close(kernels.transpose(a), a.t().contiguous(), rtol=0, atol=0)
+    yield "csr_linear", ops.csr_linear.default, (x.requires_grad_(), vals.requires_grad_(), bias.requires_grad_(),
+                                                 crow, col, *ts)
+    yield "csr_linear-nobias", ops.csr_linear.default, (x, vals, None, crow, col, *ts)
+    yield "csr_mm", ops.csr_mm.default, (crow, col, vals.detach(), x.detach(), bias.detach())
+    yield "csr_sddmm", ops.csr_sddmm.default, (crow, col, dy, x.detach())
 
 
 @pytest.mark.parametrize("name", [case[0] for case in _op_cases()])

@@ -37,12 +37,11 @@ __all__ = [
     "bsr_linear_forward",
     "bsr_linear_input_grad",
     "bsr_linear_weight_grad",
-    "csr_linear_t",
+    "csr_linear",
+    "csr_mm",
     "csr_sddmm",
-    "csr_spmm",
     "required",
     "supported_variants",
-    "transpose",
     "transpose_structure",
     "unavailable_reason",
     "variant",
@@ -114,15 +113,15 @@ def transpose_structure(row_ptr: torch.Tensor, col_idx: torch.Tensor, n_cols: in
 
 
 # ------------------------------------------------------------------ BSR
-def bsr_linear(x, values, row_ptr, col_idx, transposed, out_features: int) -> torch.Tensor:
-    """``y = x @ W^T`` for BSR ``W``, differentiable in ``x`` and ``values``. ``transposed`` is
-    :func:`transpose_structure` of ``(row_ptr, col_idx)`` (int64), used by the backward."""
-    return _ops().bsr_linear(x, values, row_ptr, col_idx, *transposed, int(out_features))
+def bsr_linear(x, values, row_ptr, col_idx, transposed, out_features: int, bias=None) -> torch.Tensor:
+    """``y = x @ W^T (+ bias)`` for BSR ``W``, differentiable in ``x``, ``values`` and ``bias``.
+    ``transposed`` is :func:`transpose_structure` of ``(row_ptr, col_idx)`` (int64), used by the backward."""
+    return _ops().bsr_linear(x, values, bias, row_ptr, col_idx, *transposed, int(out_features))
 
 
-def bsr_linear_forward(x, values, row_ptr, col_idx, out_features: int) -> torch.Tensor:
-    """``y = x @ W^T`` (n, out_features) for float32 ``x`` (n, in); no autograd."""
-    return _ops().bsr_forward(x, values, row_ptr, col_idx, int(out_features))
+def bsr_linear_forward(x, values, row_ptr, col_idx, out_features: int, bias=None) -> torch.Tensor:
+    """``y = x @ W^T (+ bias)`` (n, out_features) for float32 ``x`` (n, in); no autograd."""
+    return _ops().bsr_forward(x, values, bias, row_ptr, col_idx, int(out_features))
 
 
 def bsr_linear_input_grad(dy, values, row_ptr, col_idx, in_features: int, transposed=None) -> torch.Tensor:
@@ -143,24 +142,19 @@ def bsr_linear_weight_grad(dy, x, row_ptr, col_idx, block) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ CSR
-def csr_linear_t(x_t, values, bias, row_ptr, col, transposed) -> torch.Tensor:
-    """Feature-major ``y^T = W @ x^T (+ bias)`` for CSR ``W``: ``x_t`` (in, n) -> (out, n),
-    differentiable in ``x_t``, ``values`` and ``bias``. ``transposed``: W^T's structure (int32)."""
-    return _ops().csr_linear_t(x_t, values, bias, row_ptr, col, *transposed)
+def csr_linear(x, values, bias, row_ptr, col, transposed) -> torch.Tensor:
+    """``y = x @ W^T (+ bias)`` for CSR ``W`` (out, in) and row-major ``x`` (n, in), differentiable
+    in ``x``, ``values`` and ``bias``. ``transposed``: W^T's structure (int32), for the backward."""
+    return _ops().csr_linear(x, values, bias, row_ptr, col, *transposed)
 
 
-def transpose(a: torch.Tensor) -> torch.Tensor:
-    """``a^T`` as a contiguous float32 matrix (differentiable): the CSR path's layout change."""
-    return _ops().transpose(a)
+def csr_mm(row_ptr, col, values, x: torch.Tensor, cols: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ A^T (+ bias)`` for CSR ``A`` (rows x cols) and dense row-major ``x`` (n, cols)."""
+    if x.dim() != 2 or x.shape[1] != cols:
+        raise ValueError(f"x must have {cols} columns (the sparse matrix's columns), got shape {tuple(x.shape)}")
+    return _ops().csr_mm(row_ptr, col, values, x, bias)
 
 
-def csr_spmm(row_ptr, col, values, b: torch.Tensor, cols: int, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``A @ b (+ bias[:, None])`` for CSR ``A`` (rows x cols) and dense ``b`` (cols, n)."""
-    if b.dim() != 2 or b.shape[0] != cols:
-        raise ValueError(f"b must have {cols} rows (the sparse matrix's columns), got shape {tuple(b.shape)}")
-    return _ops().csr_spmm(row_ptr, col, values, b, bias)
-
-
-def csr_sddmm(row_ptr, col, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(a @ b^T)`` at the CSR pattern's positions, in its order: ``a`` (rows, n), ``b`` (cols, n)."""
-    return _ops().csr_sddmm(row_ptr, col, a, b)
+def csr_sddmm(row_ptr, col, dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``(dy^T @ x)`` at the CSR pattern's positions, in its order: ``dy`` (n, rows), ``x`` (n, cols)."""
+    return _ops().csr_sddmm(row_ptr, col, dy, x)

@@ -35,15 +35,16 @@ def _smoke_test() -> str | None:
     W[:4, 4:] = torch.arange(16.0).reshape(4, 4)
     x = torch.arange(16.0).reshape(2, 8)
     one = torch.tensor([0, 1, 1]), torch.tensor([1])
-    y = ops.bsr_forward(x, W[:4, 4:].reshape(1, 4, 4).contiguous(), *one, 8)
-    if not torch.allclose(y, x @ W.t()):
+    bias = torch.arange(8.0)
+    y = ops.bsr_forward(x, W[:4, 4:].reshape(1, 4, 4).contiguous(), bias, *one, 8)
+    if not torch.allclose(y, x @ W.t() + bias):
         return "BSR forward product disagrees with dense in the smoke test"
     keep = W != 0
     crow = torch.zeros(9, dtype=torch.int32)
     crow[1:] = keep.sum(1).cumsum(0)
     col = keep.nonzero()[:, 1].to(torch.int32)
-    out = ops.csr_spmm(crow, col, W[keep], x.t().contiguous(), None)
-    if not torch.allclose(out, W @ x.t()):
+    out = ops.csr_mm(crow, col, W[keep], x, None)
+    if not torch.allclose(out, x @ W.t()):
         return "CSR product disagrees with dense in the smoke test"
     return None
 

@@ -45,3 +45,25 @@ class BsrCppWeight(BsrWeight):
             raise RepresentationUnavailable(f"bsr_cpp runs float32 on the CPU, got {x.dtype} on {x.device}")
         return kernels.bsr_linear(x, self.values, self.crow, self.col, (self.t_crow, self.t_col, self.perm),
                                   self.shape2d[0])
+
+    def linear_bias(self, x, bias):
+        if bias is None or x.device.type != "cpu" or x.dtype != torch.float32:
+            return super().linear_bias(x, bias)
+        # the kernel starts each sum at the bias: no second pass over (and copy of) the output
+        return kernels.bsr_linear(x, self.values, self.crow, self.col, (self.t_crow, self.t_col, self.perm),
+                                  self.shape2d[0], bias)
+
+    # the conv path's products without autograd (base._ConvRecompute): the same kernels
+    def linear_forward(self, x):
+        return kernels.bsr_linear_forward(x, self.values.detach(), self.crow, self.col, self.shape2d[0])
+
+    def linear_backward(self, dy, x, need_x, need_w):
+        dy = dy.contiguous()
+        values = self.values.detach()
+        dx = dvalues = None
+        if need_x:
+            dx = kernels.bsr_linear_input_grad(dy, values, self.crow, self.col, self.shape2d[1],
+                                               transposed=(self.t_crow, self.t_col, self.perm))
+        if need_w:
+            dvalues = kernels.bsr_linear_weight_grad(dy, x, self.crow, self.col, self.block)
+        return dx, dvalues

@@ -3,13 +3,13 @@ indices), and they are the only parameter the optimizer sees (so Adam's state is
 count). No dense copy of the weight exists at any point.
 
 Two kernels compute with it, the same storage either way:
-- sparsebench's C++ kernels (the op ``torch.ops.sparse_linear.csr_linear_t``, see
-  ``sparsebench.kernels``) on the CPU in float32 whenever they build: OpenMP over rows, vectorised
-  over tokens, on feature-major activations (x^T). Per step, with ``W`` (out, in) and ``x`` (n, in):
-    forward         y^T  = W @ x^T + bias          csr_linear_t (csr_spmm)
-    input gradient  dx^T = W^T @ dy^T              csr_spmm on W^T's CSR (structure built once)
+- sparsebench's C++ kernels (the op ``torch.ops.sparse_linear.csr_linear``, see
+  ``sparsebench.kernels``) on the CPU in float32 whenever they build: OpenMP over panels of tokens,
+  vectorised over tokens, on row-major activations (no transposes). Per step, with ``W`` (out, in)
+  and ``x`` (n, in):
+    forward         y  = x @ W^T + bias            csr_linear (csr_mm)
+    input gradient  dx = dy @ W                    csr_mm on W^T's CSR (structure built once)
     weight gradient (dy^T @ x)[k], kept k only     csr_sddmm
-  Convolutions build their im2col matrix feature-major directly, so only dy needs a transpose.
 - torch's sparse CSR kernels (torch.sparse.mm, torch.sparse.sampled_addmm) elsewhere: on CUDA, or
   where the C++ kernels cannot build (unless ``SPARSEBENCH_REQUIRE_KERNELS=1``: then that is an
   error naming the cause). On the CPU they run on one thread, which is why the C++ path exists.
@@ -23,7 +23,7 @@ from torch import nn
 
 from .. import kernels
 from ..patterns import as_matrix
-from .base import SparseWeight, im2col_features
+from .base import SparseWeight
 
 
 def csr_structure(mask2d: torch.Tensor):
@@ -103,9 +103,9 @@ class CsrWeight(SparseWeight):
     def _structure(self):
         return self.crow, self.col, (self.t_crow, self.t_col, self.perm)
 
-    def _kernel_t(self, x_t, bias):
+    def _kernel(self, x, bias):
         crow, col, transposed = self._structure()
-        return kernels.csr_linear_t(x_t, self.values, bias, crow, col, transposed)
+        return kernels.csr_linear(x, self.values, bias, crow, col, transposed)
 
     @property
     def kernel(self) -> str:
@@ -113,26 +113,28 @@ class CsrWeight(SparseWeight):
 
     def linear(self, x):
         if self._use_kernels(x):
-            return self._kernel_t(kernels.transpose(x), None).t()
+            return self._kernel(x, None)
         return _CsrTorchMatmul.apply(x, self.values, self.crow, self.col, self.t_crow, self.t_col, self.perm,
                                      self.shape2d)
 
     def linear_bias(self, x, bias):
         if bias is not None and self._use_kernels(x):
-            return self._kernel_t(kernels.transpose(x), bias).t()
+            return self._kernel(x, bias)  # the kernel starts each sum at the bias
         return super().linear_bias(x, bias)
 
-    def conv2d(self, x, stride, padding, dilation):
+    # the conv path's products without autograd (base._ConvRecompute): the same kernels
+    def linear_forward(self, x):
         if not self._use_kernels(x):
-            return super().conv2d(x, stride, padding, dilation)  # im2col rows through self.linear
-        return self.conv2d_bias(x, None, stride, padding, dilation)
+            return super().linear_forward(x)
+        return kernels.csr_mm(self.crow, self.col, self.values.detach(), x, self.shape2d[1])
 
-    def conv2d_bias(self, x, bias, stride, padding, dilation):
-        if not self._use_kernels(x):
-            return super().conv2d_bias(x, bias, stride, padding, dilation)
-        cols_t, (n, h_out, w_out) = im2col_features(x, self.shape[2:], stride, padding, dilation)
-        y_t = self._kernel_t(cols_t, bias)  # (out, n * h_out * w_out)
-        return y_t.view(self.shape[0], n, h_out, w_out).permute(1, 0, 2, 3)
+    def linear_backward(self, dy, x, need_x, need_w):
+        if not self._use_kernels(dy):
+            return super().linear_backward(dy, x, need_x, need_w)
+        dy, values = dy.contiguous(), self.values.detach()
+        dx = kernels.csr_mm(self.t_crow, self.t_col, values[self.perm], dy, self.shape2d[0]) if need_x else None
+        dvalues = kernels.csr_sddmm(self.crow, self.col, dy, x) if need_w else None
+        return dx, dvalues
 
     @property
     def stored(self):

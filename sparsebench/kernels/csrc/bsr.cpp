@@ -26,16 +26,19 @@ namespace {
 template <int R, int C, int T>
 static inline void fwd_tokens(const float* __restrict x, int64_t ldx, const float* __restrict wt,
                               const int64_t* __restrict row_ptr, const int64_t* __restrict col_idx,
-                              int64_t nbr, float* __restrict y, int64_t ldy) {
+                              int64_t nbr, const float* __restrict bias, float* __restrict y, int64_t ldy) {
   constexpr int L = lanes_for(R);
   constexpr int NV = R / L;
   typedef typename VecT<L>::type V;
   for (int64_t br = 0; br < nbr; ++br) {
+    V b0[NV];  // the bias starts the sums: no second pass over the (large) output
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) b0[j] = bias ? loadu<L>(bias + br * R + j * L) : V{};
     V acc[T][NV];
 #pragma GCC unroll 64
     for (int t = 0; t < T; ++t)
 #pragma GCC unroll 8
-      for (int j = 0; j < NV; ++j) acc[t][j] = V{};
+      for (int j = 0; j < NV; ++j) acc[t][j] = b0[j];
     const int64_t k0 = row_ptr[br], k1 = row_ptr[br + 1];
     for (int64_t k = k0; k < k1; ++k) {
       const float* __restrict xb = x + col_idx[k] * C;
@@ -62,7 +65,7 @@ static inline void fwd_tokens(const float* __restrict x, int64_t ldx, const floa
 
 template <int R, int C>
 static void fwd_fixed(const float* x, int64_t n, int64_t ldx, const float* wt, const int64_t* row_ptr,
-                      const int64_t* col_idx, int64_t nbr, float* y, int64_t ldy) {
+                      const int64_t* col_idx, int64_t nbr, const float* bias, float* y, int64_t ldy) {
   constexpr int NV = R / lanes_for(R);
   constexpr int T = token_tile(NV);
   const int64_t ntiles = (n + T - 1) / T;
@@ -70,10 +73,10 @@ static void fwd_fixed(const float* x, int64_t n, int64_t ldx, const float* wt, c
     for (int64_t tile = b; tile < e; ++tile) {
       const int64_t t0 = tile * T;
       if (t0 + T <= n) {
-        fwd_tokens<R, C, T>(x + t0 * ldx, ldx, wt, row_ptr, col_idx, nbr, y + t0 * ldy, ldy);
+        fwd_tokens<R, C, T>(x + t0 * ldx, ldx, wt, row_ptr, col_idx, nbr, bias, y + t0 * ldy, ldy);
       } else {
         for (int64_t t = t0; t < n; ++t)
-          fwd_tokens<R, C, 1>(x + t * ldx, ldx, wt, row_ptr, col_idx, nbr, y + t * ldy, ldy);
+          fwd_tokens<R, C, 1>(x + t * ldx, ldx, wt, row_ptr, col_idx, nbr, bias, y + t * ldy, ldy);
       }
     }
   });
@@ -313,7 +316,7 @@ static inline KV reduce4(KV a0, KV a1, KV a2, KV a3) {
 template <int G>
 static inline void k44_tokens(const float* __restrict packed, const float* __restrict B,
                               const int64_t* __restrict row_ptr, const int64_t* __restrict col_idx, int64_t nbr,
-                              float* __restrict out, int64_t ldo) {
+                              const float* __restrict bias, float* __restrict out, int64_t ldo) {
   for (int64_t br = 0; br < nbr; ++br) {
     KV acc[G][4];
 #pragma GCC unroll 8
@@ -334,9 +337,11 @@ static inline void k44_tokens(const float* __restrict packed, const float* __res
         acc[g][3] = k_fma(X, w3, acc[g][3]);
       }
     }
+    const KV b0 = bias ? k_bcast4(bias + br * 4) : k_zero();
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g)
-      k_store_rows(out + KTOK * g * ldo + br * 4, ldo, reduce4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]));
+      k_store_rows(out + KTOK * g * ldo + br * 4, ldo,
+                   k_add(b0, reduce4(acc[g][0], acc[g][1], acc[g][2], acc[g][3])));
   }
 }
 
@@ -349,9 +354,9 @@ static inline void k44_pack(const float* __restrict in, int64_t ldi, int64_t ncb
 
 static inline void k44_one_token(const float* __restrict in, const float* __restrict B,
                                  const int64_t* __restrict row_ptr, const int64_t* __restrict col_idx, int64_t nbr,
-                                 float* __restrict out) {
+                                 const float* __restrict bias, float* __restrict out) {
   for (int64_t br = 0; br < nbr; ++br) {
-    __m128 acc = _mm_setzero_ps();
+    __m128 acc = bias ? _mm_loadu_ps(bias + br * 4) : _mm_setzero_ps();
     for (int64_t k = row_ptr[br]; k < row_ptr[br + 1]; ++k) {
       const float* b = B + k * 16;
       const __m128 X = _mm_loadu_ps(in + col_idx[k] * 4);
@@ -367,7 +372,7 @@ static inline void k44_one_token(const float* __restrict in, const float* __rest
 }
 
 static void k44_apply(const float* in, int64_t n, int64_t ldi, int64_t ncb, const float* B, const int64_t* row_ptr,
-                      const int64_t* col_idx, int64_t nbr, float* out, int64_t ldo) {
+                      const int64_t* col_idx, int64_t nbr, const float* bias, float* out, int64_t ldo) {
   constexpr int T = KTOK * KG;
   const int64_t ntiles = (n + T - 1) / T;
   par_chunks(ntiles, 1, [&](int64_t b, int64_t e) {
@@ -378,14 +383,14 @@ static void k44_apply(const float* in, int64_t n, int64_t ldi, int64_t ncb, cons
       const int64_t t0 = tile * T;
       if (t0 + T <= n) {
         k44_pack<KG>(in + t0 * ldi, ldi, ncb, packed);
-        k44_tokens<KG>(packed, B, row_ptr, col_idx, nbr, out + t0 * ldo, ldo);
+        k44_tokens<KG>(packed, B, row_ptr, col_idx, nbr, bias, out + t0 * ldo, ldo);
       } else {
         int64_t t = t0;
         for (; t + KTOK <= n; t += KTOK) {
           k44_pack<1>(in + t * ldi, ldi, ncb, packed);
-          k44_tokens<1>(packed, B, row_ptr, col_idx, nbr, out + t * ldo, ldo);
+          k44_tokens<1>(packed, B, row_ptr, col_idx, nbr, bias, out + t * ldo, ldo);
         }
-        for (; t < n; ++t) k44_one_token(in + t * ldi, B, row_ptr, col_idx, nbr, out + t * ldo);
+        for (; t < n; ++t) k44_one_token(in + t * ldi, B, row_ptr, col_idx, nbr, bias, out + t * ldo);
       }
     }
   });
@@ -490,14 +495,15 @@ static void wgrad44(const float* dy, int64_t lddy, const float* x, int64_t ldx, 
 // --------------------------------------------------------------------------------------
 // generic fallbacks (any R, C)
 static void fwd_generic(const float* x, int64_t n, int64_t ldx, const float* vals, const int64_t* row_ptr,
-                        const int64_t* col_idx, int64_t nbr, int64_t R, int64_t C, float* y, int64_t ldy) {
+                        const int64_t* col_idx, int64_t nbr, int64_t R, int64_t C, const float* bias, float* y,
+                        int64_t ldy) {
   at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const float* xr = x + t * ldx;
       float* yr = y + t * ldy;
       for (int64_t br = 0; br < nbr; ++br) {
         for (int64_t r = 0; r < R; ++r) {
-          float s = 0.f;
+          float s = bias ? bias[br * R + r] : 0.f;
           for (int64_t k = row_ptr[br]; k < row_ptr[br + 1]; ++k) {
             const float* w = vals + (k * R + r) * C;
             const float* xb = xr + col_idx[k] * C;
@@ -590,7 +596,8 @@ static int64_t divide(int64_t total, int64_t block, const char* what) {
   return total / block;
 }
 
-torch::Tensor forward_impl(const torch::Tensor& x_in, const torch::Tensor& values_in, const torch::Tensor& row_ptr_in,
+torch::Tensor forward_impl(const torch::Tensor& x_in, const torch::Tensor& values_in,
+                           const std::optional<torch::Tensor>& bias_in, const torch::Tensor& row_ptr_in,
                            const torch::Tensor& col_idx_in, int64_t out_features) {
   auto values = check_values(values_in);
   const int64_t nnzb = values.size(0), R = values.size(1), C = values.size(2);
@@ -601,6 +608,15 @@ torch::Tensor forward_impl(const torch::Tensor& x_in, const torch::Tensor& value
   auto col_idx = check_index("col_idx", col_idx_in, torch::kLong, nnzb);
   check_compressed<int64_t>("row_ptr", row_ptr, "col_idx", col_idx, nbc);
 
+  torch::Tensor bias;
+  if (bias_in.has_value()) {
+    bias = bias_in->contiguous();
+    TORCH_CHECK_VALUE(bias.device().is_cpu() && bias.scalar_type() == torch::kFloat, "bias must be float32 on the CPU, got ",
+                      bias.scalar_type(), " on ", bias.device());
+    TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == out_features, "bias must have shape (", out_features,
+                      ",), got ", bias.sizes());
+  }
+  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
   const int64_t n = x.size(0);
   auto y = empty_out(n, out_features, x.options());
   if (n == 0) return y;
@@ -612,7 +628,7 @@ torch::Tensor forward_impl(const torch::Tensor& x_in, const torch::Tensor& value
   bool handled = true;
 #if defined(SB_HAVE_K44)
   if (R == 4 && C == 4) {
-    k44_apply(xp, n, ldx, nbc, values.data_ptr<float>(), rp, ci, nbr, yp, ldy);
+    k44_apply(xp, n, ldx, nbc, values.data_ptr<float>(), rp, ci, nbr, bp, yp, ldy);
     return y;
   }
 #endif
@@ -623,33 +639,33 @@ torch::Tensor forward_impl(const torch::Tensor& x_in, const torch::Tensor& value
   else
     wt = values;
   const float* wtp = wt.data_ptr<float>();
-#define SB_FWD(RR, CC) fwd_fixed<RR, CC>(xp, n, ldx, wtp, rp, ci, nbr, yp, ldy)
+#define SB_FWD(RR, CC) fwd_fixed<RR, CC>(xp, n, ldx, wtp, rp, ci, nbr, bp, yp, ldy)
   SB_DISPATCH(R, C, SB_FWD)
 #undef SB_FWD
-  if (!handled) fwd_generic(xp, n, ldx, values.data_ptr<float>(), rp, ci, nbr, R, C, yp, ldy);
+  if (!handled) fwd_generic(xp, n, ldx, values.data_ptr<float>(), rp, ci, nbr, R, C, bp, yp, ldy);
   return y;
 }
 
 }  // namespace
 
-// y = x @ W^T for BSR W (out_features x in): x (n, in) float32, values (nnzb, R, C), row_ptr
+// y = x @ W^T (+ bias) for BSR W (out_features x in): x (n, in) float32, values (nnzb, R, C), row_ptr
 // (out/R + 1) and col_idx (nnzb) int64 as torch's to_sparse_bsr gives them.
-torch::Tensor bsr_forward(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& row_ptr,
-                          const torch::Tensor& col_idx, int64_t out_features) {
-  return forward_impl(x, values, row_ptr, col_idx, out_features);
+torch::Tensor bsr_forward(const torch::Tensor& x, const torch::Tensor& values, const std::optional<torch::Tensor>& bias,
+                          const torch::Tensor& row_ptr, const torch::Tensor& col_idx, int64_t out_features) {
+  return forward_impl(x, values, bias, row_ptr, col_idx, out_features);
 }
 
 // The training op: bsr_forward, taking the block-column structure too so that its backward (in
 // Python, torch.library.register_autograd) needs nothing but the op's inputs.
-torch::Tensor bsr_linear(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& row_ptr,
-                         const torch::Tensor& col_idx, const torch::Tensor& t_row_ptr, const torch::Tensor& t_col_idx,
-                         const torch::Tensor& perm, int64_t out_features) {
+torch::Tensor bsr_linear(const torch::Tensor& x, const torch::Tensor& values, const std::optional<torch::Tensor>& bias,
+                         const torch::Tensor& row_ptr, const torch::Tensor& col_idx, const torch::Tensor& t_row_ptr,
+                         const torch::Tensor& t_col_idx, const torch::Tensor& perm, int64_t out_features) {
   TORCH_CHECK_VALUE(values.dim() == 3, "values must have shape (nnzb, R, C), got ", values.sizes());
   TORCH_CHECK_VALUE(x.dim() == 2 && values.size(2) > 0, "x must be 2-D, got shape ", x.sizes());
   check_index("t_row_ptr", t_row_ptr, torch::kLong, x.size(1) / values.size(2) + 1);
   check_index("t_col_idx", t_col_idx, torch::kLong, values.size(0));
   check_index("perm", perm, torch::kLong, values.size(0));
-  return forward_impl(x, values, row_ptr, col_idx, out_features);
+  return forward_impl(x, values, bias, row_ptr, col_idx, out_features);
 }
 
 // dx = dy @ W over the block-column structure: t_row_ptr (in/C + 1) over block columns, t_col_idx
@@ -683,7 +699,7 @@ torch::Tensor bsr_input_grad(const torch::Tensor& dy_in, const torch::Tensor& va
   if (R == 4 && C == 4) {
     // B_p = W_{perm[p]}^T, in transposed (block-column) order
     auto bt = values.index_select(0, perm).transpose(1, 2).contiguous();
-    k44_apply(dp, n, lddy, nbr, bt.data_ptr<float>(), rp, ci, nbc, xp, lddx);
+    k44_apply(dp, n, lddy, nbr, bt.data_ptr<float>(), rp, ci, nbc, nullptr, xp, lddx);
     return dx;
   }
 #endif

@@ -1,12 +1,12 @@
-// CSR CPU training kernels for unstructured (element-wise) sparsity, int32 indices.
-//
-// They work on feature-major activations (x^T: (in, n)) so that the vector dimension is the token
-// dimension, contiguous for every kept weight:
-//   spmm   out[i, :] = sum_k vals[k] * B[col[k], :]      forward (W @ x^T) and input grad (W^T @ dy^T)
-//   sddmm  g[k]      = dot(A[row(k), :], B[col[k], :])   weight grad at kept positions (dy^T . x^T)
-// Each thread takes a contiguous range of rows and sweeps the token dimension in panels of TN
-// columns, so the panel of B it reads (K x TN floats) stays in its L2 while it walks its rows. TN
-// is chosen per call from K and this CPU's L2 size: a panel sized for a large L2 thrashes a small one.
+// CSR CPU training kernels for unstructured (element-wise) sparsity, int32 indices, on row-major
+// activations ((n, in) / (n, out)) as the layers around them produce and consume them:
+//   csr_mm     Y[t, i] = bias[i] + sum_k vals[k] * X[t, col[k]]    forward (A = W), input grad (A = W^T)
+//   csr_sddmm  g[k]    = sum_t DY[t, row(k)] * X[t, col[k]]         weight grad at kept positions only
+// The vector dimension is the token: each thread takes panels of TN consecutive tokens and first
+// transposes its panel of X (K x TN floats, and DY's for sddmm) into a small buffer that stays in L2,
+// so the inner loop is one contiguous vector load and one FMA per kept weight, and no transpose of a
+// whole activation is ever made. Output rows of a panel are gathered 16 at a time and written back
+// transposed. TN is chosen per call from the panel size and this CPU's L2.
 #include "common.h"
 
 #include <vector>
@@ -14,58 +14,166 @@
 namespace sparsebench {
 namespace {
 
-// Rows [r0, r1) of out = A @ B. The panel B[:, j0:j0+TN] is first copied into a contiguous buffer:
-// read in place, its rows lie n floats apart (a power of two, often), and they would all fall into
-// the same few cache sets.
+constexpr int64_t kRowGroup = 16;  // output rows written back together
+
+// P (K x TN) <- X[t0 : t0 + w, :]^T, zero-padded to TN tokens. 16 features at a time, so the
+// writes stay in 16 lines of P while a row of X is read contiguously.
 template <int TN>
-void spmm_rows(const int32_t* row_ptr, const int32_t* col, const float* vals, const float* B, int64_t K, int64_t n,
-               const float* bias, float* out, int64_t r0, int64_t r1) {
-  constexpr int L = kMaxLanes;
-  constexpr int NA = TN / L;  // accumulator vectors per row
-  typedef typename VecT<L>::type V;
-  std::vector<float> panel_buf(K * TN + 16);
-  float* panel = panel_buf.data();
-  for (int64_t j0 = 0; j0 < n; j0 += TN) {
-    const int64_t w = std::min<int64_t>(TN, n - j0);
-    for (int64_t c = 0; c < K; ++c) {
-      const float* src = B + c * n + j0;
-      float* dst = panel + c * TN;
-      for (int64_t j = 0; j < w; ++j) dst[j] = src[j];
-      for (int64_t j = w; j < TN; ++j) dst[j] = 0.f;
+void pack_panel(const float* __restrict X, int64_t ldx, int64_t K, int64_t t0, int64_t w, float* __restrict P) {
+  for (int64_t c0 = 0; c0 < K; c0 += 16) {
+    const int64_t c1 = std::min<int64_t>(K, c0 + 16);
+    for (int64_t j = 0; j < w; ++j) {
+      const float* xr = X + (t0 + j) * ldx;
+      for (int64_t c = c0; c < c1; ++c) P[c * TN + j] = xr[c];
     }
-    for (int64_t i = r0; i < r1; ++i) {
-      const float b0 = bias ? bias[i] : 0.f;  // the bias starts the sum: no separate pass over the output
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t j = w; j < TN; ++j) P[c * TN + j] = 0.f;
+  }
+}
+
+// Y[t0 : t0 + w, r0 : r1] for one panel: rows [r0, r1) of A against the packed panel P of X.
+template <int TN>
+void mm_panel(const int32_t* __restrict rp, const int32_t* __restrict col, const float* __restrict vals,
+              const float* __restrict P, const float* __restrict bias, int64_t r0, int64_t r1, float* __restrict Y,
+              int64_t ldy, int64_t t0, int64_t w) {
+  constexpr int L = kMaxLanes;
+  constexpr int NA = TN / L;
+  typedef typename VecT<L>::type V;
+  alignas(64) float buf[kRowGroup * TN];
+  for (int64_t i0 = r0; i0 < r1; i0 += kRowGroup) {
+    const int64_t rows = std::min<int64_t>(kRowGroup, r1 - i0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = i0 + r;
+      // two accumulator sets over alternate kept weights: twice the independent FMA chains
+      V a[NA], b[NA];
+      const float b0 = bias ? bias[i] : 0.f;
+#pragma GCC unroll 16
+      for (int q = 0; q < NA; ++q) a[q] = b0 - V{}, b[q] = V{};
+      int32_t k = rp[i];
+      const int32_t k1 = rp[i + 1];
+      for (; k + 1 < k1; k += 2) {
+        const float v0 = vals[k], v1 = vals[k + 1];
+        const float* p0 = P + (int64_t)col[k] * TN;
+        const float* p1 = P + (int64_t)col[k + 1] * TN;
+#pragma GCC unroll 16
+        for (int q = 0; q < NA; ++q) {
+          a[q] += v0 * loadu<L>(p0 + L * q);
+          b[q] += v1 * loadu<L>(p1 + L * q);
+        }
+      }
+      if (k < k1) {
+        const float v0 = vals[k];
+        const float* p0 = P + (int64_t)col[k] * TN;
+#pragma GCC unroll 16
+        for (int q = 0; q < NA; ++q) a[q] += v0 * loadu<L>(p0 + L * q);
+      }
+#pragma GCC unroll 16
+      for (int q = 0; q < NA; ++q) storeu<L>(buf + r * TN + L * q, a[q] + b[q]);
+    }
+    for (int64_t j = 0; j < w; ++j) {
+      float* yr = Y + (t0 + j) * ldy + i0;
+      for (int64_t r = 0; r < rows; ++r) yr[r] = buf[r * TN + j];
+    }
+  }
+}
+
+// Sum of a vector's lanes as a tree of half-width adds (a lane-by-lane sum is one long dependency chain).
+typedef int vi4 __attribute__((vector_size(16)));
+static inline float hsum(v4 v) {
+  v += __builtin_shuffle(v, vi4{2, 3, 0, 1});
+  v += __builtin_shuffle(v, vi4{1, 0, 3, 2});
+  return v[0];
+}
+static inline float hsum(v8 v) {
+  v4 lo, hi;
+  std::memcpy(&lo, &v, sizeof(lo));
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
+  return hsum(lo + hi);
+}
+static inline float hsum(v16 v) {
+  v8 lo, hi;
+  std::memcpy(&lo, &v, sizeof(lo));
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
+  return hsum(lo + hi);
+}
+
+// g[k] += sum over the panel's tokens of DY[t, row(k)] * X[t, col[k]], rows [r0, r1); PB is the
+// packed panel of X (K x TN). DY's rows are packed kRowGroup at a time into PA.
+template <int TN>
+void sddmm_panel(const int32_t* __restrict rp, const int32_t* __restrict col, const float* __restrict DY,
+                 int64_t lddy, const float* __restrict PB, int64_t r0, int64_t r1, int64_t t0, int64_t w,
+                 float* __restrict g) {
+  constexpr int L = kMaxLanes;
+  constexpr int NA = TN / L;
+  typedef typename VecT<L>::type V;
+  alignas(64) float PA[kRowGroup * TN];
+  for (int64_t i0 = r0; i0 < r1; i0 += kRowGroup) {
+    const int64_t rows = std::min<int64_t>(kRowGroup, r1 - i0);
+    for (int64_t j = 0; j < w; ++j) {
+      const float* d = DY + (t0 + j) * lddy + i0;
+      for (int64_t r = 0; r < rows; ++r) PA[r * TN + j] = d[r];
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = w; j < TN; ++j) PA[r * TN + j] = 0.f;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = i0 + r;
       V a[NA];
 #pragma GCC unroll 16
-      for (int q = 0; q < NA; ++q) a[q] = b0 - V{};
-      const int32_t k1 = row_ptr[i + 1];
-      for (int32_t k = row_ptr[i]; k < k1; ++k) {
-        const float v = vals[k];
-        const float* b = panel + (int64_t)col[k] * TN;
+      for (int q = 0; q < NA; ++q) a[q] = loadu<L>(PA + r * TN + L * q);
+      int32_t k = rp[i];
+      const int32_t k1 = rp[i + 1];
+      for (; k + 1 < k1; k += 2) {  // two dots per pass share the loads of a
+        const float* p0 = PB + (int64_t)col[k] * TN;
+        const float* p1 = PB + (int64_t)col[k + 1] * TN;
+        V s0 = a[0] * loadu<L>(p0), s1 = a[0] * loadu<L>(p1);
 #pragma GCC unroll 16
-        for (int q = 0; q < NA; ++q) a[q] += v * loadu<L>(b + L * q);
+        for (int q = 1; q < NA; ++q) {
+          s0 += a[q] * loadu<L>(p0 + L * q);
+          s1 += a[q] * loadu<L>(p1 + L * q);
+        }
+        g[k] += hsum(s0);
+        g[k + 1] += hsum(s1);
       }
-      float* o = out + i * n + j0;
-      if (w == TN) {
+      if (k < k1) {
+        const float* p0 = PB + (int64_t)col[k] * TN;
+        V s0 = a[0] * loadu<L>(p0);
 #pragma GCC unroll 16
-        for (int q = 0; q < NA; ++q) storeu<L>(o + L * q, a[q]);
-      } else {
-        float tmp[TN];
-        for (int q = 0; q < NA; ++q) storeu<L>(tmp + L * q, a[q]);
-        for (int64_t j = 0; j < w; ++j) o[j] = tmp[j];
+        for (int q = 1; q < NA; ++q) s0 += a[q] * loadu<L>(p0 + L * q);
+        g[k] += hsum(s0);
       }
     }
   }
 }
 
-// Panel width: the widest whose K x TN floats fill at most half this core's L2, and no wider than
-// the target's registers hold as accumulators.
-int64_t panel_width(int64_t K) {
-  constexpr int64_t widest = kMaxLanes >= 8 ? 64 : 32;  // at most 8 accumulator registers on 16-register ISAs
+// Panel width in tokens, at most `widest`, whose packed panel (`floats_per_token` floats per token)
+// fills at most half this core's L2: a panel sized for a large L2 thrashes a small one.
+int64_t panel_width(int64_t floats_per_token, int64_t widest) {
   int64_t tn = widest;
-  while (tn > 16 && K * tn * (int64_t)sizeof(float) > l2_bytes() / 2) tn /= 2;
+  while (tn > kMaxLanes && floats_per_token * tn * (int64_t)sizeof(float) > l2_bytes() / 2) tn /= 2;
   return tn;
 }
+
+// How many row ranges each panel is split into so that every thread has work: 1 when there are
+// panels enough (no panel is packed twice), more for few tokens (a batch of 64 is one panel).
+int64_t row_splits(int64_t npanels, int64_t rows) {
+  const int64_t nthr = std::max(1, at::get_num_threads());
+  if (npanels >= 2 * nthr) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>((2 * nthr + npanels - 1) / npanels, rows / kRowGroup));
+}
+
+// the widest panels: 4 vectors (twice) of accumulators for csr_mm; for sddmm as many vectors of DY
+// as half the register file holds, since every kept weight's dot ends in a horizontal sum
+constexpr int kMmWidest = 4 * kMaxLanes;
+constexpr int kSddmmWidest = (kVRegs / 2) * kMaxLanes;
+
+#define SB_BY_WIDTH(tn, CALL)                                    \
+  switch (tn) {                                                  \
+    case 16 * kMaxLanes: CALL((16 * kMaxLanes)); break;          \
+    case 8 * kMaxLanes: CALL((8 * kMaxLanes)); break;            \
+    case 4 * kMaxLanes: CALL((4 * kMaxLanes)); break;            \
+    case 2 * kMaxLanes: CALL((2 * kMaxLanes)); break;            \
+    default: CALL((kMaxLanes));                                  \
+  }
 
 torch::Tensor check_vals(const torch::Tensor& v, int64_t nnz) {
   TORCH_CHECK_VALUE(v.device().is_cpu(), "values must be on the CPU, got device ", v.device());
@@ -77,15 +185,15 @@ torch::Tensor check_vals(const torch::Tensor& v, int64_t nnz) {
 
 }  // namespace
 
-// out (M, n) = A @ B (+ bias[:, None]); A (M, K) in CSR (row_ptr (M + 1), col (nnz) int32, values
-// (nnz) float32), B (K, n) dense float32, bias (M) or none.
-torch::Tensor csr_spmm(const torch::Tensor& row_ptr_in, const torch::Tensor& col_in, const torch::Tensor& vals_in,
-                       const torch::Tensor& B_in, const std::optional<torch::Tensor>& bias_in) {
-  auto B = check_dense("b", B_in).contiguous();
+// Y (n, M) = X @ A^T (+ bias); A (M, K) in CSR (row_ptr (M + 1), col (nnz) int32, values (nnz)
+// float32), X (n, K) dense float32 row-major, bias (M) or none.
+torch::Tensor csr_mm(const torch::Tensor& row_ptr_in, const torch::Tensor& col_in, const torch::Tensor& vals_in,
+                     const torch::Tensor& X_in, const std::optional<torch::Tensor>& bias_in) {
+  auto X = check_dense("x", X_in);
   auto row_ptr = check_index("row_ptr", row_ptr_in, torch::kInt);
   auto col = check_index("col", col_in, torch::kInt);
   auto vals = check_vals(vals_in, col.size(0));
-  const int64_t M = row_ptr.size(0) - 1, K = B.size(0), n = B.size(1);
+  const int64_t M = row_ptr.size(0) - 1, n = X.size(0), K = X.size(1);
   check_compressed<int32_t>("row_ptr", row_ptr, "col", col, K);
   torch::Tensor bias;
   if (bias_in.has_value()) {
@@ -93,90 +201,108 @@ torch::Tensor csr_spmm(const torch::Tensor& row_ptr_in, const torch::Tensor& col
     TORCH_CHECK_VALUE(bias.scalar_type() == torch::kFloat && bias.device().is_cpu(), "bias must be float32 on the CPU");
     TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == M, "bias must have shape (", M, ",), got ", bias.sizes());
   }
-  auto out = torch::empty({M, n}, B.options());
-  if (M == 0 || n == 0) return out;
+  auto Y = empty_out(n, M, X.options());
+  if (M == 0 || n == 0) return Y;
   const int32_t* rp = row_ptr.data_ptr<int32_t>();
   const int32_t* ci = col.data_ptr<int32_t>();
   const float* vp = vals.data_ptr<float>();
-  const float* bp = B.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  const float* biasp = bias.defined() ? bias.data_ptr<float>() : nullptr;
-  const int64_t tn = panel_width(K);
-  at::parallel_for(0, M, 1, [&](int64_t r0, int64_t r1) {
-    if (tn == 64)
-      spmm_rows<64>(rp, ci, vp, bp, K, n, biasp, op, r0, r1);
-    else if (tn == 32)
-      spmm_rows<32>(rp, ci, vp, bp, K, n, biasp, op, r0, r1);
-    else
-      spmm_rows<16>(rp, ci, vp, bp, K, n, biasp, op, r0, r1);
+  const float* xp = X.data_ptr<float>();
+  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  float* yp = Y.data_ptr<float>();
+  const int64_t ldx = X.stride(0);
+  const int64_t tn = panel_width(K, kMmWidest);
+  const int64_t npanels = (n + tn - 1) / tn, splits = row_splits(npanels, M);
+  // work item = (panel, row range); a panel's X is packed by each item that computes with it
+#define SB_MM(TN)                                                                              \
+  par_chunks(npanels * splits, 1, [&](int64_t b, int64_t e) {                                  \
+    static thread_local std::vector<float> P;                                                  \
+    if (P.size() < (size_t)(K * TN)) P.resize(K * TN);                                         \
+    int64_t packed = -1;                                                                       \
+    for (int64_t item = b; item < e; ++item) {                                                 \
+      const int64_t p = item / splits, part = item % splits, t0 = p * TN;                      \
+      const int64_t w = std::min<int64_t>(TN, n - t0);                                         \
+      if (p != packed) pack_panel<TN>(xp, ldx, K, t0, w, P.data()), packed = p;                \
+      mm_panel<TN>(rp, ci, vp, P.data(), bp, part * M / splits, (part + 1) * M / splits, yp, M, t0, w); \
+    }                                                                                          \
   });
-  return out;
+  SB_BY_WIDTH(tn, SB_MM)
+#undef SB_MM
+  return Y;
 }
 
-// g[k] = dot(A[i, :], B[col[k], :]) for every stored k of row i; A (M, n), B (K, n) row-major.
-torch::Tensor csr_sddmm(const torch::Tensor& row_ptr_in, const torch::Tensor& col_in, const torch::Tensor& A_in,
-                        const torch::Tensor& B_in) {
-  auto A = check_dense("a", A_in).contiguous();
-  auto B = check_dense("b", B_in, A.size(1)).contiguous();
-  auto row_ptr = check_index("row_ptr", row_ptr_in, torch::kInt, A.size(0) + 1);
+// g[k] = sum_t DY[t, i] * X[t, col[k]] for every stored k of row i; DY (n, M), X (n, K) row-major.
+torch::Tensor csr_sddmm(const torch::Tensor& row_ptr_in, const torch::Tensor& col_in, const torch::Tensor& DY_in,
+                        const torch::Tensor& X_in) {
+  auto DY = check_dense("dy", DY_in);
+  auto X = check_dense("x", X_in);
+  TORCH_CHECK_VALUE(DY.size(0) == X.size(0), "dy and x must have the same number of rows, got ", DY.size(0), " and ",
+                    X.size(0));
+  auto row_ptr = check_index("row_ptr", row_ptr_in, torch::kInt, DY.size(1) + 1);
   auto col = check_index("col", col_in, torch::kInt);
-  check_compressed<int32_t>("row_ptr", row_ptr, "col", col, B.size(0));
-  const int64_t M = A.size(0), n = A.size(1);
-  auto g = torch::empty({col.size(0)}, A.options());
+  const int64_t n = X.size(0), M = DY.size(1), K = X.size(1), nnz = col.size(0);
+  check_compressed<int32_t>("row_ptr", row_ptr, "col", col, K);
+  auto g = torch::zeros({nnz}, X.options());
+  if (nnz == 0 || n == 0) return g;
   const int32_t* rp = row_ptr.data_ptr<int32_t>();
   const int32_t* ci = col.data_ptr<int32_t>();
-  const float* ap = A.data_ptr<float>();
-  const float* bp = B.data_ptr<float>();
+  const float* dp = DY.data_ptr<float>();
+  const float* xp = X.data_ptr<float>();
+  const int64_t lddy = DY.stride(0), ldx = X.stride(0);
+  const int64_t tn = panel_width(K, kSddmmWidest);
+  const int64_t npanels = (n + tn - 1) / tn, splits = row_splits(npanels, M);
   float* gp = g.data_ptr<float>();
-  at::parallel_for(0, M, 1, [&](int64_t r0, int64_t r1) {
-    for (int64_t i = r0; i < r1; ++i) {
-      const float* a = ap + i * n;
-      int32_t k = rp[i];
-      const int32_t k1 = rp[i + 1];
-      for (; k + 3 < k1; k += 4) {  // four dots share each load of a
-        const float* b0 = bp + (int64_t)ci[k] * n;
-        const float* b1 = bp + (int64_t)ci[k + 1] * n;
-        const float* b2 = bp + (int64_t)ci[k + 2] * n;
-        const float* b3 = bp + (int64_t)ci[k + 3] * n;
-        float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-        for (int64_t j = 0; j < n; ++j) {
-          s0 += a[j] * b0[j];
-          s1 += a[j] * b1[j];
-          s2 += a[j] * b2[j];
-          s3 += a[j] * b3[j];
-        }
-        gp[k] = s0;
-        gp[k + 1] = s1;
-        gp[k + 2] = s2;
-        gp[k + 3] = s3;
+  if (splits == 1) {
+    // panels split among the threads; each thread sums into its own copy of g, added at the end
+    const int64_t nthr = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), npanels));
+    std::vector<float> partial((size_t)(nthr - 1) * nnz, 0.f);
+#define SB_SD(TN)                                                                             \
+    at::parallel_for(0, nthr, 1, [&](int64_t tb, int64_t te) {                                \
+      std::vector<float> PB(K * TN);                                                          \
+      for (int64_t task = tb; task < te; ++task) {                                            \
+        float* gt = task == 0 ? gp : partial.data() + (task - 1) * nnz;                       \
+        for (int64_t p = task * npanels / nthr; p < (task + 1) * npanels / nthr; ++p) {       \
+          const int64_t t0 = p * TN, w = std::min<int64_t>(TN, n - t0);                       \
+          pack_panel<TN>(xp, ldx, K, t0, w, PB.data());                                       \
+          sddmm_panel<TN>(rp, ci, dp, lddy, PB.data(), 0, M, t0, w, gt);                      \
+        }                                                                                     \
+      }                                                                                       \
+    });
+    SB_BY_WIDTH(tn, SB_SD)
+#undef SB_SD
+    at::parallel_for(0, nnz, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t task = 1; task < nthr; ++task) {
+        const float* src = partial.data() + (task - 1) * nnz;
+        for (int64_t k = b; k < e; ++k) gp[k] += src[k];
       }
-      for (; k < k1; ++k) {
-        const float* b0 = bp + (int64_t)ci[k] * n;
-        float s0 = 0.f;
-#pragma omp simd reduction(+ : s0)
-        for (int64_t j = 0; j < n; ++j) s0 += a[j] * b0[j];
-        gp[k] = s0;
-      }
-    }
-  });
+    });
+  } else {
+    // few tokens: rows split among the threads (each writes only its rows' g), every panel
+    // packed by each
+#define SB_SD(TN)                                                                             \
+    par_chunks(splits, 1, [&](int64_t b, int64_t e) {                                         \
+      std::vector<float> PB(K * TN);                                                          \
+      for (int64_t p = 0; p < npanels; ++p) {                                                 \
+        const int64_t t0 = p * TN, w = std::min<int64_t>(TN, n - t0);                         \
+        pack_panel<TN>(xp, ldx, K, t0, w, PB.data());                                         \
+        sddmm_panel<TN>(rp, ci, dp, lddy, PB.data(), b * M / splits, e * M / splits, t0, w, gp); \
+      }                                                                                       \
+    });
+    SB_BY_WIDTH(tn, SB_SD)
+#undef SB_SD
+  }
   return g;
 }
 
-// a^T, contiguous (torch's strided copy). The CSR layer's activations change layout through this:
-// one copy of x per step, saved for the backward, instead of one in forward and one in backward.
-torch::Tensor transpose(const torch::Tensor& a_in) { return check_dense("a", a_in).t().contiguous(); }
-
-// The training op, feature-major: y^T = W @ x^T + bias. Takes W^T's structure too (t_row_ptr,
-// t_col, perm: values[perm] are W^T's values) so its backward needs nothing but the op's inputs.
-torch::Tensor csr_linear_t(const torch::Tensor& x_t, const torch::Tensor& values, const std::optional<torch::Tensor>& bias,
-                           const torch::Tensor& row_ptr, const torch::Tensor& col, const torch::Tensor& t_row_ptr,
-                           const torch::Tensor& t_col, const torch::Tensor& perm) {
-  TORCH_CHECK_VALUE(x_t.dim() == 2, "x_t must be 2-D (in_features, n), got shape ", x_t.sizes());
-  check_index("t_row_ptr", t_row_ptr, torch::kInt, x_t.size(0) + 1);
+// The training op: Y = X @ W^T + bias, row-major. Takes W^T's structure too (t_row_ptr, t_col,
+// perm: values[perm] are W^T's values) so its backward needs nothing but the op's inputs.
+torch::Tensor csr_linear(const torch::Tensor& x, const torch::Tensor& values, const std::optional<torch::Tensor>& bias,
+                         const torch::Tensor& row_ptr, const torch::Tensor& col, const torch::Tensor& t_row_ptr,
+                         const torch::Tensor& t_col, const torch::Tensor& perm) {
+  TORCH_CHECK_VALUE(x.dim() == 2, "x must be 2-D (n, in_features), got shape ", x.sizes());
+  check_index("t_row_ptr", t_row_ptr, torch::kInt, x.size(1) + 1);
   check_index("t_col", t_col, torch::kInt, col.size(0));
   check_index("perm", perm, torch::kInt, col.size(0));
-  return csr_spmm(row_ptr, col, values, x_t, bias);
+  return csr_mm(row_ptr, col, values, x, bias);
 }
 
 }  // namespace sparsebench

@@ -6,38 +6,37 @@
 #include <string>
 
 namespace sparsebench {
-torch::Tensor bsr_forward(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                          int64_t);
-torch::Tensor bsr_linear(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                         const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t);
+torch::Tensor bsr_forward(const torch::Tensor&, const torch::Tensor&, const std::optional<torch::Tensor>&,
+                          const torch::Tensor&, const torch::Tensor&, int64_t);
+torch::Tensor bsr_linear(const torch::Tensor&, const torch::Tensor&, const std::optional<torch::Tensor>&,
+                         const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                         const torch::Tensor&, int64_t);
 torch::Tensor bsr_input_grad(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                              const torch::Tensor&, int64_t);
 torch::Tensor bsr_weight_grad(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                               int64_t, int64_t);
-torch::Tensor csr_spmm(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                       const std::optional<torch::Tensor>&);
+torch::Tensor csr_mm(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                     const std::optional<torch::Tensor>&);
 torch::Tensor csr_sddmm(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&);
-torch::Tensor csr_linear_t(const torch::Tensor&, const torch::Tensor&, const std::optional<torch::Tensor>&,
-                           const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                           const torch::Tensor&);
-
-torch::Tensor transpose(const torch::Tensor&);
+torch::Tensor csr_linear(const torch::Tensor&, const torch::Tensor&, const std::optional<torch::Tensor>&,
+                         const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                         const torch::Tensor&);
 
 std::string isa() { return SB_ISA; }
 }  // namespace sparsebench
 
 TORCH_LIBRARY(sparse_linear, m) {
   m.def("isa() -> str", &sparsebench::isa);  // which variant this build is
-  m.def("bsr_forward(Tensor x, Tensor values, Tensor row_ptr, Tensor col_idx, int out_features) -> Tensor");
-  m.def("bsr_linear(Tensor x, Tensor values, Tensor row_ptr, Tensor col_idx, Tensor t_row_ptr, Tensor t_col_idx, "
-        "Tensor perm, int out_features) -> Tensor");
+  m.def("bsr_forward(Tensor x, Tensor values, Tensor? bias, Tensor row_ptr, Tensor col_idx, int out_features) -> "
+        "Tensor");
+  m.def("bsr_linear(Tensor x, Tensor values, Tensor? bias, Tensor row_ptr, Tensor col_idx, Tensor t_row_ptr, "
+        "Tensor t_col_idx, Tensor perm, int out_features) -> Tensor");
   m.def("bsr_input_grad(Tensor dy, Tensor values, Tensor t_row_ptr, Tensor t_col_idx, Tensor perm, "
         "int in_features) -> Tensor");
   m.def("bsr_weight_grad(Tensor dy, Tensor x, Tensor row_ptr, Tensor col_idx, int R, int C) -> Tensor");
-  m.def("csr_spmm(Tensor row_ptr, Tensor col, Tensor values, Tensor b, Tensor? bias) -> Tensor");
-  m.def("csr_sddmm(Tensor row_ptr, Tensor col, Tensor a, Tensor b) -> Tensor");
-  m.def("transpose(Tensor a) -> Tensor");  // layout change for the feature-major CSR path
-  m.def("csr_linear_t(Tensor x_t, Tensor values, Tensor? bias, Tensor row_ptr, Tensor col, Tensor t_row_ptr, "
+  m.def("csr_mm(Tensor row_ptr, Tensor col, Tensor values, Tensor x, Tensor? bias) -> Tensor");
+  m.def("csr_sddmm(Tensor row_ptr, Tensor col, Tensor dy, Tensor x) -> Tensor");
+  m.def("csr_linear(Tensor x, Tensor values, Tensor? bias, Tensor row_ptr, Tensor col, Tensor t_row_ptr, "
         "Tensor t_col, Tensor perm) -> Tensor");
 }
 
@@ -46,8 +45,7 @@ TORCH_LIBRARY_IMPL(sparse_linear, CPU, m) {
   m.impl("bsr_linear", &sparsebench::bsr_linear);
   m.impl("bsr_input_grad", &sparsebench::bsr_input_grad);
   m.impl("bsr_weight_grad", &sparsebench::bsr_weight_grad);
-  m.impl("csr_spmm", &sparsebench::csr_spmm);
+  m.impl("csr_mm", &sparsebench::csr_mm);
   m.impl("csr_sddmm", &sparsebench::csr_sddmm);
-  m.impl("csr_linear_t", &sparsebench::csr_linear_t);
-  m.impl("transpose", &sparsebench::transpose);
+  m.impl("csr_linear", &sparsebench::csr_linear);
 }
