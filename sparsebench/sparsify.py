@@ -69,7 +69,13 @@ def sparsify(model: nn.Module, scheme: Scheme | str, seed: int = 0, keep_dense: 
              example_inputs: torch.Tensor | None = None) -> nn.Module:
     """Replace the prunable layers of ``model`` in place with ``scheme``'s representation; returns the model.
 
-    Every layer is checked before any is replaced, so a refused scheme leaves the model untouched.
+    Every layer is checked (and, for a policy, its representation chosen) before any is replaced, so
+    a refused scheme leaves the model untouched. Then the layers are replaced one at a time, each
+    dense weight released as soon as its sparse form exists: building never holds the dense model
+    and its sparse copy together (beyond one layer's weight). A prunable layer left on the meta device
+    (``with torch.device("meta"):`` while building the model) is initialised here
+    (``reset_parameters()``, on the device of the model's other parameters) just before its sparse
+    form is made, so a model whose dense weights would not fit can be built sparse.
     ``example_inputs`` (a batch as training will see it) lets a selection policy (``auto``) time
     each layer at its input shape.
     """
@@ -86,20 +92,38 @@ def sparsify(model: nn.Module, scheme: Scheme | str, seed: int = 0, keep_dense: 
         scheme.spec.check_shape(shape2d, name)
         if policy is None:  # a policy checks its candidates itself (masked serves every layer)
             REPRESENTATIONS[scheme.representation].check_layer(scheme, shape2d, name)
+    meta = [name for name, layer in layers if layer.weight.is_meta]
+    if meta and policy is not None:
+        raise ValueError(f"layers {meta} are on the meta device: '{scheme.representation}' times each layer's real "
+                         "weight; build the model on a real device, or choose a representation")
+    real = [p for p in model.parameters() if not p.is_meta]
+    device = real[0].device if real else torch.device("cpu")
     # a forward pass only for a policy, which times the layers at their input shapes
     shapes = layer_inputs(model, layers, example_inputs) if policy and example_inputs is not None else {}
-    replacements = {}  # all built before any is swapped in, so a failure leaves the model untouched
-    for name, layer in layers:
-        mask = make_mask(layer.weight, scheme, seed=layer_seed(seed, name), layer=name)
-        concrete = scheme
-        if policy is not None:
-            concrete = scheme.with_representation(policy(scheme, name, layer, mask, shapes.get(name)))
-        weight = REPRESENTATIONS[concrete.representation](layer.weight.detach(), mask, concrete)
-        if isinstance(layer, nn.Linear):
-            replacements[name] = SparseLinear(weight, layer.bias)
-        else:
-            replacements[name] = SparseConv2d(weight, layer.bias, layer)
-    for name, new in replacements.items():
+    # every choice is made before any layer is replaced, so a refusal leaves the model untouched
+    concrete = {name: scheme for name, _ in layers}
+    if policy is not None:
+        for name, layer in layers:
+            mask = make_mask(layer.weight, scheme, seed=layer_seed(seed, name), layer=name)
+            concrete[name] = scheme.with_representation(policy(scheme, name, layer, mask, shapes.get(name)))
+            del mask
+    # then one layer at a time: its sparse form is built and swapped in, and its dense weight is
+    # dropped before the next is built, so at most one layer's dense weight lives beside sparse ones
+    # (the caller's other references to a layer, if any, keep it alive)
+    del layers
+    for name in list(concrete):
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        parent = model.get_submodule(parent_name) if parent_name else model
+        layer = getattr(parent, child)
+        if layer.weight.is_meta:  # built lazily: its dense weight exists only while its sparse form is made
+            layer.to_empty(device=device)
+            layer.reset_parameters()
+        mask = make_mask(layer.weight, scheme, seed=layer_seed(seed, name), layer=name)
+        weight = REPRESENTATIONS[concrete[name].representation](layer.weight.detach(), mask, concrete[name])
+        del mask
+        new = SparseLinear(weight, layer.bias) if isinstance(layer, nn.Linear) else SparseConv2d(weight, layer.bias,
+                                                                                                  layer)
+        setattr(parent, child, new)
+        del layer, weight, new  # the dense layer (and its weight) goes with the last reference
     return model
+

@@ -27,14 +27,21 @@ def _shifted_views(x: torch.Tensor, kernel, stride, padding, dilation, channels_
     """The kh * kw strided views of the padded input, one per kernel offset, each holding the input
     under that offset at every output position, and (n, h_out, w_out). ``channels_last`` permutes
     the input to (n, h, w, c) first, so each output row later gathers contiguous runs."""
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    n, _, h, w = x.shape
-    h_out = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    w_out = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    xp = F.pad(x, (pw, pw, ph, ph))
+    ph, pw = padding
+    xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
     if channels_last:
         xp = xp.permute(0, 2, 3, 1)
-    h_dim = 1 if channels_last else 2  # the width is the next dimension
+    return _offset_views(xp, kernel, stride, dilation, 1 if channels_last else 2)
+
+
+def _offset_views(xp: torch.Tensor, kernel, stride, dilation, h_dim: int):
+    """The kh * kw strided views of an already padded input ``xp`` whose height is dimension
+    ``h_dim`` (its width the next), and (n, h_out, w_out). Views, no copies: writing into one
+    writes into ``xp``."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    n, hp, wp = xp.shape[0], xp.shape[h_dim], xp.shape[h_dim + 1]
+    h_out = (hp - dh * (kh - 1) - 1) // sh + 1
+    w_out = (wp - dw * (kw - 1) - 1) // sw + 1
 
     def shifted(i: int, j: int) -> torch.Tensor:
         index = [slice(None)] * 4
@@ -66,6 +73,78 @@ def im2col_features(x: torch.Tensor, kernel, stride, padding, dilation):
     return cols.permute(1, 2, 0, 3, 4).reshape(x.shape[1] * math.prod(kernel), n * h_out * w_out), (n, h_out, w_out)
 
 
+CONV_CHUNK_BYTES = 2 * 2**20  # im2col rows built at a time by the sparse conv path (forward and backward)
+
+
+def _image_chunks(x: torch.Tensor, kernel, stride, padding, dilation):
+    """Slices of whole images whose im2col rows take at most CONV_CHUNK_BYTES (at least one image)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    n, c, h, w = x.shape
+    h_out = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    w_out = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    per_image = h_out * w_out * c * kh * kw * x.element_size()
+    step = max(1, CONV_CHUNK_BYTES // max(1, per_image))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)], (h_out, w_out)
+
+
+class _ConvRecompute(torch.autograd.Function):
+    """A convolution through a sparse weight's matrix product, saving only its input for backward.
+
+    Forward: for each chunk of images, im2col rows (no autograd) times W^T. Backward: the chunk's
+    rows rebuilt from the saved input, the weight gradient accumulated over chunks, and the rows'
+    gradient added back into the input through the same strided views (col2im). So the only
+    activation kept is ``x`` (1/(kh*kw) of the full im2col matrix an autograd graph would keep),
+    and the transient columns are one chunk's. Output: (n, h_out, w_out, out) contiguous."""
+
+    @staticmethod
+    def forward(ctx, x, stored, weight, geometry):
+        kernel, stride, padding, dilation = geometry
+        ctx.save_for_backward(x, stored)
+        ctx.weight, ctx.geometry = weight, geometry
+        chunks, (h_out, w_out) = _image_chunks(x, kernel, stride, padding, dilation)
+        out_ch = weight.shape[0]
+        if len(chunks) == 1:
+            cols, _ = im2col_rows(x, kernel, stride, padding, dilation)
+            return weight.linear_forward(cols).view(x.shape[0], h_out, w_out, out_ch)
+        y = x.new_empty((x.shape[0], h_out, w_out, out_ch))
+        for part in chunks:
+            cols, _ = im2col_rows(x[part], kernel, stride, padding, dilation)
+            y[part] = weight.linear_forward(cols).view(-1, h_out, w_out, out_ch)
+            del cols
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, stored = ctx.saved_tensors
+        weight, (kernel, stride, padding, dilation) = ctx.weight, ctx.geometry
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        chunks, _ = _image_chunks(x, kernel, stride, padding, dilation)
+        (kh, kw), (ph, pw) = kernel, padding
+        n, c, h, w = x.shape
+        out_ch = weight.shape[0]
+        # the input gradient is built channels-last and padded, where each kernel offset's rows add
+        # into a strided view with contiguous channels
+        dxp = x.new_zeros((n, h + 2 * ph, w + 2 * pw, c)) if need_x else None
+        dstored = None
+        for part in chunks:
+            cols, (m, h_out, w_out) = im2col_rows(x[part], kernel, stride, padding, dilation)
+            dy_part = dy[part].reshape(-1, out_ch)
+            dcols, dw = weight.linear_backward(dy_part, cols, need_x, need_w)
+            del cols
+            if need_w:
+                dstored = dw if dstored is None else dstored.add_(dw)
+            if need_x:
+                dcols = dcols.view(m, h_out, w_out, c, kh * kw)
+                views, _ = _offset_views(dxp[part], kernel, stride, dilation, h_dim=1)
+                for k, view in enumerate(views):
+                    view.add_(dcols[..., k])
+                del dcols
+        dx = None
+        if need_x:
+            dx = dxp[:, ph:ph + h, pw:pw + w, :].permute(0, 3, 1, 2).contiguous()
+        return dx, dstored, None, None
+
+
 class SparseWeight(nn.Module):
     name: ClassVar[str]  # its key in REPRESENTATIONS; which schemes it stores is schemes.STORES[name]
 
@@ -85,10 +164,27 @@ class SparseWeight(nn.Module):
         raise NotImplementedError
 
     def conv2d(self, x: torch.Tensor, stride, padding, dilation) -> torch.Tensor:
-        out_ch = self.shape[0]
-        cols, (n, h_out, w_out) = im2col_rows(x, self.shape[2:], stride, padding, dilation)
-        y = self.linear(cols)  # (n * h_out * w_out, out)
-        return y.view(n, h_out, w_out, out_ch).permute(0, 3, 1, 2)
+        """The convolution as ``linear`` on the im2col rows, in chunks of images, keeping only ``x``
+        for backward (``_ConvRecompute``): the columns are rebuilt chunk by chunk there."""
+        y = _ConvRecompute.apply(x, self.stored, self, (tuple(self.shape[2:]), stride, padding, dilation))
+        return y.permute(0, 3, 1, 2)  # (n, h_out, w_out, out) -> NCHW view, channels-last in memory
+
+    # -- the products without autograd, for the conv path (override with the representation's kernels)
+    def linear_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ W^T`` without recording autograd."""
+        with torch.no_grad():
+            return self.linear(x)
+
+    def linear_backward(self, dy: torch.Tensor, x: torch.Tensor, need_x: bool, need_w: bool):
+        """(dx, d stored) of ``y = x @ W^T`` for the output gradient ``dy``. Default: the
+        representation's own autograd, on a recomputed product."""
+        x = x.detach().requires_grad_(need_x)
+        stored = self.stored
+        with torch.enable_grad():
+            y = self.linear(x)
+            wanted = [t for t, need in ((x, need_x), (stored, need_w)) if need]
+            grads = iter(torch.autograd.grad(y, wanted, dy, allow_unused=True))
+        return (next(grads) if need_x else None), (next(grads) if need_w else None)
 
     def linear_bias(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """``x @ W^T + bias``. A representation whose kernel can fuse the bias overrides this."""

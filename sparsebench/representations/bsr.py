@@ -56,26 +56,12 @@ class _BsrMatmul(torch.autograd.Function):
     def forward(ctx, x, values, layer):
         ctx.save_for_backward(x, values)
         ctx.layer = layer
-        w = torch.sparse_bsr_tensor(layer.crow, layer.col, values, layer.shape2d)
-        return (w @ x.t().contiguous()).t()
+        return layer.product(x, values)
 
     @staticmethod
     def backward(ctx, dy):
         x, values = ctx.saved_tensors
-        layer = ctx.layer
-        dy = dy.contiguous()
-        dx = dvalues = None
-        if ctx.needs_input_grad[0]:
-            wt_values = values[layer.perm].transpose(1, 2).contiguous()
-            wt = torch.sparse_bsr_tensor(layer.t_crow, layer.t_col, wt_values, layer.shape2d[::-1])
-            dx = (wt @ dy.t().contiguous()).t()
-        if ctx.needs_input_grad[1]:
-            elem_crow, elem_col, block_from_elem = expand_blocks(layer.crow, layer.col, layer.block, layer.shape2d)
-            # zeros, not empty: sampled_addmm multiplies the pattern values by beta=0, and 0 * NaN = NaN
-            zeros = dy.new_zeros(elem_col.numel())
-            pattern = torch.sparse_csr_tensor(elem_crow, elem_col, zeros, layer.shape2d)
-            elem_grads = torch.sparse.sampled_addmm(pattern, dy.t(), x, beta=0.0).values()
-            dvalues = torch.empty_like(elem_grads).index_put_((block_from_elem,), elem_grads).view_as(values)
+        dx, dvalues = ctx.layer.product_grads(dy, x, values, *ctx.needs_input_grad[:2])
         return dx, dvalues, None
 
 
@@ -97,6 +83,36 @@ class BsrWeight(SparseWeight):
 
     def linear(self, x):
         return _BsrMatmul.apply(x, self.values, self)
+
+    def product(self, x, values):
+        """``x @ W^T`` with torch's BSR kernels (no autograd)."""
+        w = torch.sparse_bsr_tensor(self.crow, self.col, values, self.shape2d)
+        return (w @ x.t().contiguous()).t()
+
+    def product_grads(self, dy, x, values, need_x, need_w):
+        """(dx, dvalues) of ``y = x @ W^T``: W^T's blocks for dx, the kept blocks' elements as a
+        CSR pattern for ``torch.sparse.sampled_addmm``."""
+        dy = dy.contiguous()
+        dx = dvalues = None
+        if need_x:
+            wt_values = values[self.perm].transpose(1, 2).contiguous()
+            wt = torch.sparse_bsr_tensor(self.t_crow, self.t_col, wt_values, self.shape2d[::-1])
+            dx = (wt @ dy.t().contiguous()).t()
+        if need_w:
+            elem_crow, elem_col, block_from_elem = expand_blocks(self.crow, self.col, self.block, self.shape2d)
+            # zeros, not empty: sampled_addmm multiplies the pattern values by beta=0, and 0 * NaN = NaN
+            zeros = dy.new_zeros(elem_col.numel())
+            pattern = torch.sparse_csr_tensor(elem_crow, elem_col, zeros, self.shape2d)
+            elem_grads = torch.sparse.sampled_addmm(pattern, dy.t(), x, beta=0.0).values()
+            dvalues = torch.empty_like(elem_grads).index_put_((block_from_elem,), elem_grads).view_as(values)
+        return dx, dvalues
+
+    # the conv path's products without autograd (base._ConvRecompute)
+    def linear_forward(self, x):
+        return self.product(x, self.values.detach())
+
+    def linear_backward(self, dy, x, need_x, need_w):
+        return self.product_grads(dy, x, self.values.detach(), need_x, need_w)
 
     @property
     def stored(self):
