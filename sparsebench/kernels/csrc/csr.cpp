@@ -161,10 +161,11 @@ int64_t row_splits(int64_t npanels, int64_t rows) {
   return std::max<int64_t>(1, std::min<int64_t>((2 * nthr + npanels - 1) / npanels, rows / kRowGroup));
 }
 
-// the widest panels: 4 vectors (twice) of accumulators for csr_mm; for sddmm as many vectors of DY
-// as half the register file holds, since every kept weight's dot ends in a horizontal sum
-constexpr int kMmWidest = 4 * kMaxLanes;
-constexpr int kSddmmWidest = (kVRegs / 2) * kMaxLanes;
+// The widest panels, in tokens: for csr_mm at most 4 vectors (twice) of accumulators and 32 tokens,
+// and for sddmm as many vectors of DY as half the register file holds, up to 64 tokens (every kept
+// weight's dot ends in a horizontal sum). Wider panels measured slower on AVX-512 (they leave L1).
+constexpr int kMmWidest = std::min(4 * kMaxLanes, 32);
+constexpr int kSddmmWidest = std::min((kVRegs / 2) * kMaxLanes, 64);
 
 #define SB_BY_WIDTH(tn, CALL)                                    \
   switch (tn) {                                                  \
