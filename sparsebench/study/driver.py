@@ -17,7 +17,7 @@ from ..atomic import clean_orphans, write_json_atomic
 from ..budgets import get_budget
 from ..cell import Cell
 from ..executors import Task, get_executor
-from ..grid import preflight, results_lock
+from ..grid import cell_resources, preflight, results_lock
 from . import documents
 from .accuracy import measure_accuracy
 from .cost import measure_cost
@@ -30,12 +30,18 @@ def plan(sweep: Sweep) -> list[AccuracyPoint | CostPoint]:
 
 def task_of(point, data_dir=None, device=None) -> Task:
     """The executor task that measures ``point`` (a module-level function and plain arguments)."""
+    # each point reserves what a grid cell does (its CPUs and torch threads, a GPU on CUDA), so a point run
+    # through Ray trains and times at the serial run's thread count
     if point.kind == "accuracy":
+        cpus, gpus = cell_resources(get_budget(point.budget), device)
         return Task(point.key, measure_accuracy, kwargs={"arch": point.arch, "scheme": point.training_scheme,
                                                          "seed": point.seed, "budget": point.budget,
-                                                         "data_dir": data_dir, "device": device})
+                                                         "data_dir": data_dir, "device": device},
+                    cpus=cpus, gpus=gpus)
+    cpus, gpus = cell_resources(get_budget(point.size), device)
     return Task(point.key, measure_cost, kwargs={"arch": point.arch, "size": point.size, "scheme": point.scheme,
-                                                 "seed": point.seed, "data_dir": data_dir, "device": device})
+                                                 "seed": point.seed, "data_dir": data_dir, "device": device},
+                cpus=cpus, gpus=gpus)
 
 
 def check_points(points, data_dir=None, device=None) -> None:
