@@ -153,6 +153,14 @@ int64_t panel_width(int64_t floats_per_token, int64_t widest) {
   return tn;
 }
 
+// A panel buffer of at least `floats` floats starting on a 64-byte boundary: a full-width AVX-512
+// load from an unaligned row straddles two cache lines, every time.
+static inline float* aligned_panel(std::vector<float>& buf, int64_t floats) {
+  if (buf.size() < (size_t)(floats + 16)) buf.resize(floats + 16);
+  const uintptr_t a = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<float*>((a + 63) & ~(uintptr_t)63);
+}
+
 // How many row ranges each panel is split into so that every thread has work: 1 when there are
 // panels enough (no panel is packed twice), more for few tokens (a batch of 64 is one panel).
 int64_t row_splits(int64_t npanels, int64_t rows) {
@@ -216,14 +224,14 @@ torch::Tensor csr_mm(const torch::Tensor& row_ptr_in, const torch::Tensor& col_i
   // work item = (panel, row range); a panel's X is packed by each item that computes with it
 #define SB_MM(TN)                                                                              \
   par_chunks(npanels * splits, 1, [&](int64_t b, int64_t e) {                                  \
-    static thread_local std::vector<float> P;                                                  \
-    if (P.size() < (size_t)(K * TN)) P.resize(K * TN);                                         \
+    static thread_local std::vector<float> buf;                                                \
+    float* P = aligned_panel(buf, K * TN);                                                     \
     int64_t packed = -1;                                                                       \
     for (int64_t item = b; item < e; ++item) {                                                 \
       const int64_t p = item / splits, part = item % splits, t0 = p * TN;                      \
       const int64_t w = std::min<int64_t>(TN, n - t0);                                         \
-      if (p != packed) pack_panel<TN>(xp, ldx, K, t0, w, P.data()), packed = p;                \
-      mm_panel<TN>(rp, ci, vp, P.data(), bp, part * M / splits, (part + 1) * M / splits, yp, M, t0, w); \
+      if (p != packed) pack_panel<TN>(xp, ldx, K, t0, w, P), packed = p;                       \
+      mm_panel<TN>(rp, ci, vp, P, bp, part * M / splits, (part + 1) * M / splits, yp, M, t0, w); \
     }                                                                                          \
   });
   SB_BY_WIDTH(tn, SB_MM)
@@ -258,13 +266,14 @@ torch::Tensor csr_sddmm(const torch::Tensor& row_ptr_in, const torch::Tensor& co
     std::vector<float> partial((size_t)(nthr - 1) * nnz, 0.f);
 #define SB_SD(TN)                                                                             \
     at::parallel_for(0, nthr, 1, [&](int64_t tb, int64_t te) {                                \
-      std::vector<float> PB(K * TN);                                                          \
+      std::vector<float> buf;                                                                 \
+      float* PB = aligned_panel(buf, K * TN);                                                 \
       for (int64_t task = tb; task < te; ++task) {                                            \
         float* gt = task == 0 ? gp : partial.data() + (task - 1) * nnz;                       \
         for (int64_t p = task * npanels / nthr; p < (task + 1) * npanels / nthr; ++p) {       \
           const int64_t t0 = p * TN, w = std::min<int64_t>(TN, n - t0);                       \
-          pack_panel<TN>(xp, ldx, K, t0, w, PB.data());                                       \
-          sddmm_panel<TN>(rp, ci, dp, lddy, PB.data(), 0, M, t0, w, gt);                      \
+          pack_panel<TN>(xp, ldx, K, t0, w, PB);                                       \
+          sddmm_panel<TN>(rp, ci, dp, lddy, PB, 0, M, t0, w, gt);                      \
         }                                                                                     \
       }                                                                                       \
     });
@@ -281,11 +290,12 @@ torch::Tensor csr_sddmm(const torch::Tensor& row_ptr_in, const torch::Tensor& co
     // packed by each
 #define SB_SD(TN)                                                                             \
     par_chunks(splits, 1, [&](int64_t b, int64_t e) {                                         \
-      std::vector<float> PB(K * TN);                                                          \
+      std::vector<float> buf;                                                                 \
+      float* PB = aligned_panel(buf, K * TN);                                                 \
       for (int64_t p = 0; p < npanels; ++p) {                                                 \
         const int64_t t0 = p * TN, w = std::min<int64_t>(TN, n - t0);                         \
-        pack_panel<TN>(xp, ldx, K, t0, w, PB.data());                                         \
-        sddmm_panel<TN>(rp, ci, dp, lddy, PB.data(), b * M / splits, e * M / splits, t0, w, gp); \
+        pack_panel<TN>(xp, ldx, K, t0, w, PB);                                         \
+        sddmm_panel<TN>(rp, ci, dp, lddy, PB, b * M / splits, e * M / splits, t0, w, gp); \
       }                                                                                       \
     });
     SB_BY_WIDTH(tn, SB_SD)
