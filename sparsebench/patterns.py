@@ -65,15 +65,41 @@ def parse_count(text: str, what: str, scheme: str) -> int:
     return int(text)
 
 
+def _order_keys(flat: torch.Tensor) -> torch.Tensor:
+    """int32 keys ordered as the float32 values are (equal values, -0.0 and +0.0 included, equal keys)."""
+    import torch
+
+    flat = flat.float().contiguous()
+    bits = flat.view(torch.int32)
+    if not bool((bits < 0).any()):  # no sign bit set (uniform, |w|, block norms): the bits order them
+        return bits
+    bits = (flat + 0.0).view(torch.int32)  # -0.0 -> +0.0: a sort sees them as equal
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
 def _keep_largest(scores: torch.Tensor, n_zero: int) -> torch.Tensor:
-    """Bool mask of ``scores``' shape keeping all but the ``n_zero`` smallest (ties: lower index zeroed first)."""
+    """Bool mask of ``scores``' shape keeping all but the ``n_zero`` smallest (ties: lower index zeroed first).
+
+    The same mask as a stable sort's first ``n_zero`` indices, found without sorting: a bisection
+    over the values' int32 keys finds the ``n_zero``-th smallest ``t``; everything below ``t`` goes,
+    and of the entries equal to ``t`` the lowest-indexed ones make up the count. A sort of a large
+    layer's scores holds 12 bytes per weight (values and int64 order); this holds one."""
     import torch
 
     flat = scores.reshape(-1)
-    mask = torch.ones(flat.numel(), dtype=torch.bool, device=scores.device)
-    if n_zero:
-        order = torch.sort(flat.float(), stable=True).indices  # stable: ties are deterministic
-        mask[order[:n_zero]] = False
+    if not n_zero:
+        return torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
+    keys = _order_keys(flat)
+    lo, hi = int(keys.min()), int(keys.max())
+    while lo < hi:  # smallest t with at least n_zero keys <= t
+        mid = (lo + hi) // 2
+        if int(torch.count_nonzero(keys <= mid)) >= n_zero:
+            hi = mid
+        else:
+            lo = mid + 1
+    mask = keys > lo
+    tied = (keys == lo).nonzero().reshape(-1)  # in index order
+    mask[tied[n_zero - int(torch.count_nonzero(keys < lo)):]] = True
     return mask.reshape(scores.shape)
 
 

@@ -160,19 +160,23 @@ def test_rejects_bad_inputs():
 # ------------------------------------------------------------------ CSR kernels
 @settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.integers(1, 70), cols=st.integers(1, 90), n=st.integers(1, 150),
-       sparsity=st.sampled_from([0.0, 0.5, 0.9, 0.99, 1.0]), seed=st.integers(0, 10_000))
-def test_csr_products_match_dense(rows, cols, n, sparsity, seed):
-    """Token counts around the 64-wide panel (partial panels), empty rows, an all-pruned matrix."""
-    from sparsebench.representations.csr import csr_structure
+       sparsity=st.sampled_from([0.0, 0.5, 0.9, 0.99, 1.0]), seed=st.integers(0, 10_000), narrow=st.booleans())
+def test_csr_products_match_dense(rows, cols, n, sparsity, seed, narrow):
+    """Token counts around the 64-wide panel (partial panels), empty rows, an all-pruned matrix;
+    int32 and int16 column indices."""
+    from sparsebench.representations.csr import csr_structure, transposed_structure
 
     g = torch.Generator().manual_seed(seed)
     keep = torch.rand(rows, cols, generator=g) >= sparsity
     W = torch.randn(rows, cols, generator=g) * keep
-    crow, col, t_crow, t_col, perm = csr_structure(keep)
+    crow, col = csr_structure(keep, narrow)
+    assert col.dtype == (torch.int16 if narrow else torch.int32)
+    t_crow, t_col, perm = transposed_structure(crow, col, cols, narrow)
     vals = W[keep].contiguous()
     x, dy = torch.randn(n, cols, generator=g), torch.randn(n, rows, generator=g)
     torch.testing.assert_close(kernels.csr_mm(crow, col, vals, x, cols), x @ W.t(), **tol(cols))
     torch.testing.assert_close(kernels.csr_mm(t_crow, t_col, vals[perm], dy, rows), dy @ W, **tol(rows))
+    torch.testing.assert_close(kernels.csr_mm(t_crow, t_col, vals, dy, rows, perm=perm), dy @ W, **tol(rows))
     torch.testing.assert_close(kernels.csr_sddmm(crow, col, dy, x), (dy.t() @ x)[keep], **tol(n))
     bias = torch.randn(rows, generator=g)
     torch.testing.assert_close(kernels.csr_mm(crow, col, vals, x, cols, bias), x @ W.t() + bias, **tol(cols))
@@ -185,16 +189,22 @@ def test_csr_rejects_bad_inputs():
 
     keep = torch.rand(8, 16) > 0.5
     keep[0, 0] = True
-    crow, col, *_ = csr_structure(keep)
+    crow, col = csr_structure(keep)
     vals = torch.randn(int(keep.sum()))
     with pytest.raises(ValueError, match="float32"):
         kernels.csr_mm(crow, col, vals, torch.randn(4, 16).double(), 16)
     with pytest.raises(ValueError, match="int32"):
         kernels.csr_mm(crow.long(), col, vals, torch.randn(4, 16), 16)
+    with pytest.raises(ValueError, match="int16 or int32"):
+        kernels.csr_mm(crow, col.long(), vals, torch.randn(4, 16), 16)
     with pytest.raises(ValueError, match="16 columns"):
         kernels.csr_mm(crow, col, vals, torch.randn(4, 12), 16)
     with pytest.raises(ValueError, match="does not match"):
         kernels.csr_mm(crow, col, vals[:-1], torch.randn(4, 16), 16)
+    bad_perm = torch.arange(col.numel(), dtype=torch.int32)
+    bad_perm[-1] = col.numel()
+    with pytest.raises(ValueError, match="perm entries"):
+        kernels.csr_mm(crow, col, vals, torch.randn(4, 16), 16, perm=bad_perm)
     with pytest.raises(ValueError, match="same number of rows"):
         kernels.csr_sddmm(crow, col, torch.randn(4, 8), torch.randn(5, 16))
     with pytest.raises(ValueError, match="row_ptr must have length"):
@@ -236,14 +246,16 @@ def test_bsr_linear_autograd_matches_masked_dense(n, block, nbr, nbc, sparsity, 
 
 @settings(deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.integers(1, 40), cols=st.integers(1, 40), n=st.integers(1, 140),
-       sparsity=st.sampled_from([0.0, 0.5, 0.9, 1.0]), seed=st.integers(0, 10_000), with_bias=st.booleans())
-def test_csr_linear_autograd_matches_masked_dense(rows, cols, n, sparsity, seed, with_bias):
-    from sparsebench.representations.csr import csr_structure
+       sparsity=st.sampled_from([0.0, 0.5, 0.9, 1.0]), seed=st.integers(0, 10_000), with_bias=st.booleans(),
+       narrow=st.booleans())
+def test_csr_linear_autograd_matches_masked_dense(rows, cols, n, sparsity, seed, with_bias, narrow):
+    from sparsebench.representations.csr import csr_structure, transposed_structure
 
     g = torch.Generator().manual_seed(seed)
     keep = torch.rand(rows, cols, generator=g) >= sparsity
     W = torch.randn(rows, cols, generator=g) * keep
-    crow, col, *transposed = csr_structure(keep)
+    crow, col = csr_structure(keep, narrow)
+    transposed = transposed_structure(crow, col, cols, narrow)
     values = W[keep].contiguous().requires_grad_()
     bias = torch.randn(rows, generator=g, requires_grad=True) if with_bias else None
     x = torch.randn(n, cols, generator=g, requires_grad=True)
@@ -275,7 +287,8 @@ def _csr_case(seed=0):
 
     g = torch.Generator().manual_seed(seed)
     keep = torch.rand(12, 20, generator=g) >= 0.6
-    crow, col, t_crow, t_col, perm = csr_structure(keep)
+    crow, col = csr_structure(keep)
+    t_crow, t_col, perm = kernels.transpose_structure(crow, col, 20)
     vals = torch.randn(int(keep.sum()), generator=g)
     return crow, col, (t_crow, t_col, perm), vals, torch.randn(33, 20, generator=g), torch.randn(33, 12, generator=g)
 
@@ -298,6 +311,9 @@ def _op_cases():
                                                  crow, col, *ts)
     yield "csr_linear-nobias", ops.csr_linear.default, (x, vals, None, crow, col, *ts)
     yield "csr_mm", ops.csr_mm.default, (crow, col, vals.detach(), x.detach(), bias.detach())
+    yield "csr_mm-perm", ops.csr_mm.default, (ts[0], ts[1], vals.detach(), dy, None, ts[2])
+    yield "csr_mm-int16", ops.csr_mm.default, (crow, col.short(), vals.detach(), x.detach(), None)
+    yield "csr_sddmm-int16", ops.csr_sddmm.default, (crow, col.short(), dy, x.detach())
     yield "csr_sddmm", ops.csr_sddmm.default, (crow, col, dy, x.detach())
 
 
@@ -316,3 +332,22 @@ def test_every_op_is_opchecked():
 def test_variant_is_the_loaded_library():
     assert torch.ops.sparse_linear.isa() == kernels.variant()
     assert kernels.variant() in kernels.supported_variants()
+
+
+@settings(deadline=None, max_examples=60)
+@given(rows=st.integers(1, 60), cols=st.integers(1, 60), sparsity=st.sampled_from([0.0, 0.5, 0.9, 1.0]),
+       seed=st.integers(0, 10_000), wide=st.booleans())
+def test_transpose_structure_is_the_column_major_order(rows, cols, sparsity, seed, wide):
+    """W^T's structure: kept entries in column-major order (rows increasing within a column)."""
+    from sparsebench.representations.csr import csr_structure
+
+    keep = torch.rand(rows, cols, generator=torch.Generator().manual_seed(seed)) >= sparsity
+    crow, col = csr_structure(keep)
+    if wide:
+        crow, col = crow.long(), col.long()
+    t_crow, t_col, perm = kernels.transpose_structure(crow, col, cols)
+    r, c = keep.nonzero(as_tuple=True)
+    order = torch.argsort(c * rows + r)
+    assert t_crow.dtype == t_col.dtype == perm.dtype == crow.dtype
+    assert torch.equal(perm.long(), order) and torch.equal(t_col.long(), r[order])
+    assert torch.equal(t_crow[1:].long(), torch.cumsum(keep.sum(0), 0))

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from sparsebench import PATTERNS, make_mask, parse_scheme
@@ -132,3 +132,26 @@ def test_shape_mismatch_names_layer_and_fix(scheme, shape, words):
         make_mask(torch.randn(shape), parse_scheme(scheme), layer="fc")
     for w in words:
         assert w in str(err.value)
+
+
+def _stable_sort_mask(scores, n_zero):
+    """The definition: a stable sort's first ``n_zero`` indices are zeroed."""
+    mask = torch.ones(scores.numel(), dtype=torch.bool)
+    mask[torch.sort(scores.reshape(-1).float(), stable=True).indices[:n_zero]] = False
+    return mask.reshape(scores.shape)
+
+
+@settings(deadline=None, max_examples=200)
+@given(n=st.integers(1, 300), kind=st.sampled_from(["uniform", "ties", "signed", "zeros"]),
+       fraction=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
+def test_keep_largest_is_the_stable_sort_rule(n, kind, fraction, seed):
+    """The bisection that replaced the sort keeps exactly the same weights, ties and signs included."""
+    from sparsebench.patterns import _keep_largest
+
+    g = torch.Generator().manual_seed(seed)
+    scores = {"uniform": lambda: torch.rand(n, generator=g),
+              "ties": lambda: torch.randint(0, 4, (n,), generator=g).float(),
+              "signed": lambda: torch.randn(n, generator=g),
+              "zeros": lambda: torch.randint(-1, 2, (n,), generator=g).float() * 0.0}[kind]()  # -0.0 and +0.0
+    n_zero = min(int(fraction * n), n - 1)
+    assert torch.equal(_keep_largest(scores, n_zero), _stable_sort_mask(scores, n_zero))

@@ -185,7 +185,6 @@ def test_no_dense_weight_is_stored(rep):
 def test_auto_chooses_a_measured_representation_and_caches_it(isolated_auto_cache):
     import json
 
-    from sparsebench.representations import auto
 
     layer = nn.Linear(256, 128)
     x = torch.randn(64, 256)
@@ -193,12 +192,35 @@ def test_auto_chooses_a_measured_representation_and_caches_it(isolated_auto_cach
     chosen = sparse.sparse_weight.name
     cache = json.loads(isolated_auto_cache.read_text())
     (decision,) = [v for k, v in cache.items() if "Linear|128x256|64x256|block:16x16:0.9@auto" in k]
-    times = decision["times_ms"]
-    fastest = min(times, key=times.get)
-    expected = fastest if times[fastest] <= auto.MARGIN * times["masked"] else "masked"
-    assert decision["chosen"] == chosen == expected
+    times, fits = decision["times_ms"], decision["fits_dense_memory"]
+    assert not fits["masked"] and fits["bsr"] and fits["csr"]  # at 90%: every sparse form is below dense
+    assert decision["chosen"] == chosen == min((n for n in times if fits[n]), key=times.get)
     assert {"masked", "csr", "bsr"} <= set(decision["times_ms"])  # every valid representation was timed
     assert sparse_layer(layer, "block:16x16:0.9@auto", 0, x).sparse_weight.name == chosen  # from the cache
+
+
+def test_auto_picks_the_fastest_within_dense_memory():
+    from sparsebench.representations.auto import MARGIN, pick
+
+    times = {"masked": 1.0, "csr": 3.0, "bsr": 2.0}
+    assert pick(times, {"masked": False, "csr": True, "bsr": True}) == "bsr"  # slower than masked, but fits
+    assert pick(times, {"masked": False, "csr": True, "bsr": False}) == "csr"
+    # nothing fits (low sparsity): the fastest, with masked kept unless beaten by the margin
+    assert pick(times, dict.fromkeys(times, False)) == "masked"
+    assert pick({"masked": 1.0, "csr": MARGIN * 0.99}, {"masked": False, "csr": False}) == "csr"
+    assert pick({"masked": 1.0, "csr": MARGIN * 1.01}, {"masked": False, "csr": False}) == "masked"
+
+
+def test_training_bytes_counts_what_the_ledger_counts():
+    from sparsebench.representations.auto import training_bytes
+
+    layer = nn.Linear(64, 32)
+    dense_bytes = 16 * layer.weight.numel()
+    masked = sparse_layer(layer, "random:0.5@masked", 0, torch.randn(4, 64)).sparse_weight
+    assert training_bytes(masked) == dense_bytes + sum(b.numel() * b.element_size() for b in masked.buffers())
+    csr = sparse_layer(layer, "random:0.9@csr", 0, torch.randn(4, 64)).sparse_weight
+    kept = csr.stored.numel()
+    assert training_bytes(csr) == 16 * kept + sum(b.numel() * b.element_size() for b in csr.buffers()) < dense_bytes
 
 
 def test_auto_records_the_concrete_representation_on_each_layer():

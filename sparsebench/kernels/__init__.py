@@ -102,14 +102,19 @@ def transpose_structure(row_ptr: torch.Tensor, col_idx: torch.Tensor, n_cols: in
     perm)`` in ``row_ptr``'s dtype, such that ``t_row_ptr`` (``n_cols + 1``) indexes per column of W
     into ``t_col_idx`` (the row of each kept entry, increasing) and ``perm`` (its index in W's
     values): ``values[perm]`` are W^T's values. Depends on the pattern only: compute it once."""
-    crow, col = row_ptr.long().cpu(), col_idx.long().cpu()
+    # In W's row-major order the rows never decrease, so a stable sort by column alone is W^T's
+    # row-major order. int32 throughout (the largest transient is the sort's int64 order), so
+    # building a large layer's structure costs a few bytes per kept weight, not tens.
+    crow, col = row_ptr.cpu(), col_idx.cpu().to(torch.int32)
     rows = crow.shape[0] - 1
-    r = torch.repeat_interleave(torch.arange(rows), torch.diff(crow))
-    perm = torch.argsort(col * max(rows, 1) + r, stable=True)  # column-major order = W^T's row-major
+    r = torch.repeat_interleave(torch.arange(rows, dtype=torch.int32), torch.diff(crow.long()))
+    perm = torch.sort(col, stable=True).indices
+    t_col = r[perm]
+    del r
     t_crow = torch.zeros(int(n_cols) + 1, dtype=torch.int64)
     if col.numel():
         t_crow[1:] = torch.cumsum(torch.bincount(col, minlength=int(n_cols)), 0)
-    return tuple(t.to(row_ptr.dtype).to(row_ptr.device).contiguous() for t in (t_crow, r[perm], perm))
+    return tuple(t.to(row_ptr.dtype).to(row_ptr.device).contiguous() for t in (t_crow, t_col, perm))
 
 
 # ------------------------------------------------------------------ BSR
@@ -148,11 +153,13 @@ def csr_linear(x, values, bias, row_ptr, col, transposed) -> torch.Tensor:
     return _ops().csr_linear(x, values, bias, row_ptr, col, *transposed)
 
 
-def csr_mm(row_ptr, col, values, x: torch.Tensor, cols: int, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ A^T (+ bias)`` for CSR ``A`` (rows x cols) and dense row-major ``x`` (n, cols)."""
+def csr_mm(row_ptr, col, values, x: torch.Tensor, cols: int, bias: torch.Tensor | None = None,
+           perm: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ A^T (+ bias)`` for CSR ``A`` (rows x cols) and dense row-major ``x`` (n, cols); with
+    ``perm``, A's k-th value is ``values[perm[k]]`` (W^T's values read from W's, no copy)."""
     if x.dim() != 2 or x.shape[1] != cols:
         raise ValueError(f"x must have {cols} columns (the sparse matrix's columns), got shape {tuple(x.shape)}")
-    return _ops().csr_mm(row_ptr, col, values, x, bias)
+    return _ops().csr_mm(row_ptr, col, values, x, bias, perm)
 
 
 def csr_sddmm(row_ptr, col, dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ Ops (schemas in csrc/ops.cpp; shape, dtype and index checks in C++, raising Valu
   block-column structure (no autograd).
 * ``csr_linear(x, values, bias, row_ptr, col, t_row_ptr, t_col, perm)``: ``y = x @ W^T + bias``
   for CSR ``W`` on row-major ``x``, differentiable in ``x``, ``values`` and ``bias``; its backward
-  is ``csr_mm`` (on W^T's structure) and ``csr_sddmm``.
+  is ``csr_mm`` (on W^T's structure, reading W's values through ``perm``) and ``csr_sddmm``.
 
 Imported by the loader once the library is loaded (the registrations need the schemas).
 """
@@ -45,7 +45,7 @@ def _(dy, x, row_ptr, col_idx, R, C):
 
 
 @torch.library.register_fake(f"{NS}::csr_mm")
-def _(row_ptr, col, values, x, bias):
+def _(row_ptr, col, values, x, bias, perm=None):
     return x.new_empty((x.shape[0], row_ptr.shape[0] - 1))
 
 
@@ -93,7 +93,7 @@ def _csr_backward(ctx, dy):
     dy = dy.contiguous()
     dx = dvalues = dbias = None
     if ctx.needs_input_grad[0]:
-        dx = ops.csr_mm(t_row_ptr, t_col, values[perm], dy, None)
+        dx = ops.csr_mm(t_row_ptr, t_col, values, dy, None, perm)  # W^T's values read through perm: no copy
     if ctx.needs_input_grad[1]:
         dvalues = ops.csr_sddmm(row_ptr, col, dy, x)
     if ctx.needs_input_grad[2]:

@@ -1,7 +1,13 @@
 """``auto``: a selection policy, not a representation. For each layer ``sparsify`` asks ``choose``
-which representation stores it: whichever valid one trains fastest on this machine for that layer's
-shape and batch, measured once and cached. The layer then holds that representation (its ``name``
-says which), and the scheme string keeps ``@auto``.
+which representation stores it: of the valid ones that train in no more memory than the dense
+layer, whichever trains fastest on this machine for that layer's shape and batch, measured once and
+cached. ``masked`` (the dense weight plus a mask, so always more than dense) is chosen only where no
+sparse representation fits in dense's memory (low sparsity), or where none is faster than it by
+``MARGIN`` and none fits either. The layer then holds that representation (its ``name`` says which),
+and the scheme string keeps ``@auto``.
+
+A layer's training memory is counted as the ledger counts it, for Adam: the stored parameter four
+times (weight, gradient, two moments) plus its masks and indices; dense is 16 bytes per weight.
 
 Every representation that can store the scheme on this layer (``masked``, which runs at dense
 speed, is always one) is built from the layer's real weight and mask and timed on a forward and
@@ -36,6 +42,7 @@ REPEATS = 3
 # in a few milliseconds of calibration can be noise, or vanish at the real batch size.
 MARGIN = 0.9
 LOCK_TIMEOUT_S = 60
+POLICY = "fastest-within-dense-memory"  # part of the cache key: a changed rule must not reuse old choices
 
 
 def _cache_path() -> Path:
@@ -103,6 +110,25 @@ def candidates(scheme: Scheme, shape2d: tuple[int, int], layer_name: str) -> dic
     return valid
 
 
+def training_bytes(weight: SparseWeight) -> int:
+    """Bytes a layer's weight takes in training with Adam: stored parameter x 4, plus structure."""
+    params = sum(p.numel() * p.element_size() for p in weight.parameters(recurse=False))
+    return 4 * params + sum(b.numel() * b.element_size() for b in weight.structure_buffers())
+
+
+def pick(times: dict[str, float], fits: dict[str, bool]) -> str:
+    """The fastest of the representations that fit in dense's memory; where none fits, the fastest,
+    with ``masked`` kept unless another beats it by ``MARGIN`` (a narrow win at calibration size is
+    noise or does not scale)."""
+    within = [name for name in times if fits[name]]
+    if within:
+        return min(within, key=times.get)
+    chosen = min(times, key=times.get)
+    if "masked" in times and times[chosen] > MARGIN * times["masked"]:
+        chosen = "masked"
+    return chosen
+
+
 def choose(scheme: Scheme, layer_name: str, layer: nn.Module, mask: torch.Tensor,
            input_shape: tuple[int, ...] | None) -> str:
     """The name of the representation that stores ``layer``: cached, else measured and cached."""
@@ -110,7 +136,8 @@ def choose(scheme: Scheme, layer_name: str, layer: nn.Module, mask: torch.Tensor
         raise ValueError(f"layer {layer_name!r}: 'auto' times each representation at the layer's input shape; "
                          "pass sparsify(..., example_inputs=a training batch)")
     shape2d = (layer.weight.shape[0], layer.weight[0].numel())
-    key = "|".join([_machine_key(layer.weight.device), type(layer).__name__, "x".join(map(str, layer.weight.shape)),
+    key = "|".join([POLICY, _machine_key(layer.weight.device), type(layer).__name__,
+                    "x".join(map(str, layer.weight.shape)),
                     "x".join(map(str, input_shape)), str(scheme)])
     valid = candidates(scheme, shape2d, layer_name)
     path = _cache_path()
@@ -118,10 +145,14 @@ def choose(scheme: Scheme, layer_name: str, layer: nn.Module, mask: torch.Tensor
     if isinstance(cached, dict) and cached.get("chosen") in valid:
         return cached["chosen"]
     x = _calibration_input(layer, input_shape)
-    times = {name: _time_ms(_wrap(REPRESENTATIONS[name](layer.weight.detach(), mask, concrete), layer), x)
-             for name, concrete in valid.items()}
-    chosen = min(times, key=times.get)
-    if "masked" in times and times[chosen] > MARGIN * times["masked"]:
-        chosen = "masked"  # a narrow win at calibration size is noise or does not scale
-    _save_choice(path, key, {"chosen": chosen, "times_ms": times, "calibration_input": list(x.shape)})
+    dense_bytes = 16 * layer.weight.numel()
+    times, fits = {}, {}
+    for name, concrete in valid.items():
+        weight = REPRESENTATIONS[name](layer.weight.detach(), mask, concrete)
+        fits[name] = training_bytes(weight) <= dense_bytes
+        times[name] = _time_ms(_wrap(weight, layer), x)
+        del weight
+    chosen = pick(times, fits)
+    _save_choice(path, key, {"chosen": chosen, "times_ms": times, "fits_dense_memory": fits,
+                             "calibration_input": list(x.shape)})
     return chosen

@@ -73,8 +73,8 @@ class BsrWeight(SparseWeight):
         self.block = tuple(scheme.block)
         w2d, mask2d = as_matrix(weight).detach(), as_matrix(mask).bool()
         self.shape2d = tuple(w2d.shape)
-        blocks = block_mask_of(mask2d.cpu(), self.block)
-        register_structure(self, *(t.to(weight.device) for t in csr_structure(blocks)))
+        blocks = block_mask_of(mask2d, self.block)
+        register_structure(self, *csr_structure(blocks), self.shape2d[1] // self.block[1])
         self.values = nn.Parameter(to_blocks(w2d, blocks.to(w2d.device), self.block))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

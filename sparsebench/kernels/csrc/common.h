@@ -139,7 +139,8 @@ static inline torch::Tensor check_dense(const char* name, const torch::Tensor& t
 static inline torch::Tensor check_index(const char* name, const torch::Tensor& t, torch::ScalarType dtype,
                                         int64_t length = -1) {
   TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be on the CPU, got device ", t.device());
-  TORCH_CHECK_VALUE(t.scalar_type() == dtype, name, " must be ", (dtype == torch::kLong ? "int64" : "int32"),
+  TORCH_CHECK_VALUE(t.scalar_type() == dtype, name, " must be ",
+                    (dtype == torch::kLong ? "int64" : dtype == torch::kShort ? "int16" : "int32"),
                     ", got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.dim() == 1, name, " must be 1-D, got shape ", t.sizes());
   TORCH_CHECK_VALUE(length < 0 || t.size(0) == length, name, " must have length ", length, ", got ", t.size(0));
@@ -147,7 +148,7 @@ static inline torch::Tensor check_index(const char* name, const torch::Tensor& t
 }
 
 // A compressed structure: ptr (rows + 1) from 0 to nnz, non-decreasing; idx (nnz) in [0, cols).
-template <class I>
+template <class I, class J = I>
 static inline void check_compressed(const char* ptr_name, const torch::Tensor& ptr, const char* idx_name,
                                     const torch::Tensor& idx, int64_t cols) {
   const I* p = ptr.data_ptr<I>();
@@ -157,8 +158,8 @@ static inline void check_compressed(const char* ptr_name, const torch::Tensor& p
                     idx_name, " entries), got ", (int64_t)p[0], "..", (int64_t)p[rows]);
   for (int64_t r = 0; r < rows; ++r)
     TORCH_CHECK_VALUE(p[r] <= p[r + 1], ptr_name, " must be non-decreasing (entry ", r, ")");
-  const I* c = idx.data_ptr<I>();
-  I lo = 0, hi = 0;
+  const J* c = idx.data_ptr<J>();
+  J lo = 0, hi = 0;
   for (int64_t k = 0; k < nnz; ++k) {
     lo = std::min(lo, c[k]);
     hi = std::max(hi, c[k]);

@@ -1,6 +1,7 @@
 // CSR CPU training kernels for unstructured (element-wise) sparsity, int32 indices, on row-major
 // activations ((n, in) / (n, out)) as the layers around them produce and consume them:
-//   csr_mm     Y[t, i] = bias[i] + sum_k vals[k] * X[t, col[k]]    forward (A = W), input grad (A = W^T)
+//   csr_mm     Y[t, i] = bias[i] + sum_k vals[k] * X[t, col[k]]    forward (A = W), input grad (A = W^T:
+//              its values read through perm, vals[perm[k]], so W^T's values are never copied out)
 //   csr_sddmm  g[k]    = sum_t DY[t, row(k)] * X[t, col[k]]         weight grad at kept positions only
 // The vector dimension is the token: each thread takes panels of TN consecutive tokens and first
 // transposes its panel of X (K x TN floats, and DY's for sddmm) into a small buffer that stays in L2,
@@ -32,9 +33,10 @@ void pack_panel(const float* __restrict X, int64_t ldx, int64_t K, int64_t t0, i
 }
 
 // Y[t0 : t0 + w, r0 : r1] for one panel: rows [r0, r1) of A against the packed panel P of X.
-template <int TN>
-void mm_panel(const int32_t* __restrict rp, const int32_t* __restrict col, const float* __restrict vals,
-              const float* __restrict P, const float* __restrict bias, int64_t r0, int64_t r1, float* __restrict Y,
+// A's k-th value is vals[perm[k]] when IND (W^T's values in W's storage), else vals[k].
+template <int TN, bool IND, class CI>
+void mm_panel(const int32_t* __restrict rp, const CI* __restrict col, const float* __restrict vals,
+              const int32_t* __restrict perm, const float* __restrict P, const float* __restrict bias, int64_t r0, int64_t r1, float* __restrict Y,
               int64_t ldy, int64_t t0, int64_t w) {
   constexpr int L = kMaxLanes;
   constexpr int NA = TN / L;
@@ -52,7 +54,7 @@ void mm_panel(const int32_t* __restrict rp, const int32_t* __restrict col, const
       int32_t k = rp[i];
       const int32_t k1 = rp[i + 1];
       for (; k + 1 < k1; k += 2) {
-        const float v0 = vals[k], v1 = vals[k + 1];
+        const float v0 = vals[IND ? perm[k] : k], v1 = vals[IND ? perm[k + 1] : k + 1];
         const float* p0 = P + (int64_t)col[k] * TN;
         const float* p1 = P + (int64_t)col[k + 1] * TN;
 #pragma GCC unroll 16
@@ -62,7 +64,7 @@ void mm_panel(const int32_t* __restrict rp, const int32_t* __restrict col, const
         }
       }
       if (k < k1) {
-        const float v0 = vals[k];
+        const float v0 = vals[IND ? perm[k] : k];
         const float* p0 = P + (int64_t)col[k] * TN;
 #pragma GCC unroll 16
         for (int q = 0; q < NA; ++q) a[q] += v0 * loadu<L>(p0 + L * q);
@@ -99,8 +101,8 @@ static inline float hsum(v16 v) {
 
 // g[k] += sum over the panel's tokens of DY[t, row(k)] * X[t, col[k]], rows [r0, r1); PB is the
 // packed panel of X (K x TN). DY's rows are packed kRowGroup at a time into PA.
-template <int TN>
-void sddmm_panel(const int32_t* __restrict rp, const int32_t* __restrict col, const float* __restrict DY,
+template <int TN, class CI>
+void sddmm_panel(const int32_t* __restrict rp, const CI* __restrict col, const float* __restrict DY,
                  int64_t lddy, const float* __restrict PB, int64_t r0, int64_t r1, int64_t t0, int64_t w,
                  float* __restrict g) {
   constexpr int L = kMaxLanes;
@@ -192,18 +194,43 @@ torch::Tensor check_vals(const torch::Tensor& v, int64_t nnz) {
   return v.contiguous();
 }
 
+// Column indices: int16 where the matrix has at most 32767 columns (half the index memory of int32,
+// which every layer here needs), else int32.
+torch::Tensor check_col(const torch::Tensor& col) {
+  TORCH_CHECK_VALUE(col.scalar_type() == torch::kShort || col.scalar_type() == torch::kInt,
+                    "col must be int16 or int32, got ", col.scalar_type());
+  return check_index("col", col, col.scalar_type());
+}
+
+// f(CI{}) with CI the column index type of col
+template <class F>
+auto by_col_type(const torch::Tensor& col, const F& f) {
+  if (col.scalar_type() == torch::kShort) return f(int16_t{});
+  return f(int32_t{});
+}
+
 }  // namespace
 
-// Y (n, M) = X @ A^T (+ bias); A (M, K) in CSR (row_ptr (M + 1), col (nnz) int32, values (nnz)
-// float32), X (n, K) dense float32 row-major, bias (M) or none.
+// Y (n, M) = X @ A^T (+ bias); A (M, K) in CSR (row_ptr (M + 1), col (nnz) int16 or int32, values (nnz)
+// float32, read as values[perm[k]] when perm (nnz int32) is given), X (n, K) dense float32
+// row-major, bias (M) or none.
 torch::Tensor csr_mm(const torch::Tensor& row_ptr_in, const torch::Tensor& col_in, const torch::Tensor& vals_in,
-                     const torch::Tensor& X_in, const std::optional<torch::Tensor>& bias_in) {
+                     const torch::Tensor& X_in, const std::optional<torch::Tensor>& bias_in,
+                     const std::optional<torch::Tensor>& perm_in) {
   auto X = check_dense("x", X_in);
   auto row_ptr = check_index("row_ptr", row_ptr_in, torch::kInt);
-  auto col = check_index("col", col_in, torch::kInt);
+  auto col = check_col(col_in);
   auto vals = check_vals(vals_in, col.size(0));
+  torch::Tensor perm;
+  if (perm_in.has_value()) {
+    perm = check_index("perm", *perm_in, torch::kInt, col.size(0));
+    const int32_t* pp = perm.data_ptr<int32_t>();
+    const int64_t nnz = col.size(0);
+    for (int64_t k = 0; k < nnz; ++k)
+      TORCH_CHECK_VALUE(pp[k] >= 0 && pp[k] < nnz, "perm entries must lie in [0, ", nnz, "), got ", pp[k]);
+  }
   const int64_t M = row_ptr.size(0) - 1, n = X.size(0), K = X.size(1);
-  check_compressed<int32_t>("row_ptr", row_ptr, "col", col, K);
+  by_col_type(col, [&](auto tag) { check_compressed<int32_t, decltype(tag)>("row_ptr", row_ptr, "col", col, K); });
   torch::Tensor bias;
   if (bias_in.has_value()) {
     bias = bias_in->contiguous();
@@ -212,9 +239,12 @@ torch::Tensor csr_mm(const torch::Tensor& row_ptr_in, const torch::Tensor& col_i
   }
   auto Y = empty_out(n, M, X.options());
   if (M == 0 || n == 0) return Y;
+  by_col_type(col, [&](auto tag) {
+  using CI = decltype(tag);
   const int32_t* rp = row_ptr.data_ptr<int32_t>();
-  const int32_t* ci = col.data_ptr<int32_t>();
+  const CI* ci = col.data_ptr<CI>();
   const float* vp = vals.data_ptr<float>();
+  const int32_t* pp = perm.defined() ? perm.data_ptr<int32_t>() : nullptr;
   const float* xp = X.data_ptr<float>();
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
   float* yp = Y.data_ptr<float>();
@@ -231,11 +261,15 @@ torch::Tensor csr_mm(const torch::Tensor& row_ptr_in, const torch::Tensor& col_i
       const int64_t p = item / splits, part = item % splits, t0 = p * TN;                      \
       const int64_t w = std::min<int64_t>(TN, n - t0);                                         \
       if (p != packed) pack_panel<TN>(xp, ldx, K, t0, w, P), packed = p;                       \
-      mm_panel<TN>(rp, ci, vp, P, bp, part * M / splits, (part + 1) * M / splits, yp, M, t0, w); \
+      if (pp)                                                                                  \
+        mm_panel<TN, true, CI>(rp, ci, vp, pp, P, bp, part * M / splits, (part + 1) * M / splits, yp, M, t0, w); \
+      else                                                                                     \
+        mm_panel<TN, false, CI>(rp, ci, vp, pp, P, bp, part * M / splits, (part + 1) * M / splits, yp, M, t0, w); \
     }                                                                                          \
   });
   SB_BY_WIDTH(tn, SB_MM)
 #undef SB_MM
+  });
   return Y;
 }
 
@@ -247,13 +281,15 @@ torch::Tensor csr_sddmm(const torch::Tensor& row_ptr_in, const torch::Tensor& co
   TORCH_CHECK_VALUE(DY.size(0) == X.size(0), "dy and x must have the same number of rows, got ", DY.size(0), " and ",
                     X.size(0));
   auto row_ptr = check_index("row_ptr", row_ptr_in, torch::kInt, DY.size(1) + 1);
-  auto col = check_index("col", col_in, torch::kInt);
+  auto col = check_col(col_in);
   const int64_t n = X.size(0), M = DY.size(1), K = X.size(1), nnz = col.size(0);
-  check_compressed<int32_t>("row_ptr", row_ptr, "col", col, K);
+  by_col_type(col, [&](auto tag) { check_compressed<int32_t, decltype(tag)>("row_ptr", row_ptr, "col", col, K); });
   auto g = torch::zeros({nnz}, X.options());
   if (nnz == 0 || n == 0) return g;
+  by_col_type(col, [&](auto tag) {
+  using CI = decltype(tag);
   const int32_t* rp = row_ptr.data_ptr<int32_t>();
-  const int32_t* ci = col.data_ptr<int32_t>();
+  const CI* ci = col.data_ptr<CI>();
   const float* dp = DY.data_ptr<float>();
   const float* xp = X.data_ptr<float>();
   const int64_t lddy = DY.stride(0), ldx = X.stride(0);
@@ -273,7 +309,7 @@ torch::Tensor csr_sddmm(const torch::Tensor& row_ptr_in, const torch::Tensor& co
         for (int64_t p = task * npanels / nthr; p < (task + 1) * npanels / nthr; ++p) {       \
           const int64_t t0 = p * TN, w = std::min<int64_t>(TN, n - t0);                       \
           pack_panel<TN>(xp, ldx, K, t0, w, PB);                                       \
-          sddmm_panel<TN>(rp, ci, dp, lddy, PB, 0, M, t0, w, gt);                      \
+          sddmm_panel<TN, CI>(rp, ci, dp, lddy, PB, 0, M, t0, w, gt);                      \
         }                                                                                     \
       }                                                                                       \
     });
@@ -295,12 +331,13 @@ torch::Tensor csr_sddmm(const torch::Tensor& row_ptr_in, const torch::Tensor& co
       for (int64_t p = 0; p < npanels; ++p) {                                                 \
         const int64_t t0 = p * TN, w = std::min<int64_t>(TN, n - t0);                         \
         pack_panel<TN>(xp, ldx, K, t0, w, PB);                                         \
-        sddmm_panel<TN>(rp, ci, dp, lddy, PB, b * M / splits, e * M / splits, t0, w, gp); \
+        sddmm_panel<TN, CI>(rp, ci, dp, lddy, PB, b * M / splits, e * M / splits, t0, w, gp); \
       }                                                                                       \
     });
     SB_BY_WIDTH(tn, SB_SD)
 #undef SB_SD
   }
+  });
   return g;
 }
 
@@ -311,9 +348,9 @@ torch::Tensor csr_linear(const torch::Tensor& x, const torch::Tensor& values, co
                          const torch::Tensor& t_col, const torch::Tensor& perm) {
   TORCH_CHECK_VALUE(x.dim() == 2, "x must be 2-D (n, in_features), got shape ", x.sizes());
   check_index("t_row_ptr", t_row_ptr, torch::kInt, x.size(1) + 1);
-  check_index("t_col", t_col, torch::kInt, col.size(0));
+  check_index("t_col", t_col, t_col.scalar_type() == torch::kShort ? torch::kShort : torch::kInt, col.size(0));
   check_index("perm", perm, torch::kInt, col.size(0));
-  return csr_mm(row_ptr, col, values, x, bias);
+  return csr_mm(row_ptr, col, values, x, bias, std::nullopt);
 }
 
 }  // namespace sparsebench

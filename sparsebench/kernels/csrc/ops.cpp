@@ -16,7 +16,7 @@ torch::Tensor bsr_input_grad(const torch::Tensor&, const torch::Tensor&, const t
 torch::Tensor bsr_weight_grad(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                               int64_t, int64_t);
 torch::Tensor csr_mm(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                     const std::optional<torch::Tensor>&);
+                     const std::optional<torch::Tensor>&, const std::optional<torch::Tensor>&);
 torch::Tensor csr_sddmm(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&);
 torch::Tensor csr_linear(const torch::Tensor&, const torch::Tensor&, const std::optional<torch::Tensor>&,
                          const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
@@ -34,7 +34,7 @@ TORCH_LIBRARY(sparse_linear, m) {
   m.def("bsr_input_grad(Tensor dy, Tensor values, Tensor t_row_ptr, Tensor t_col_idx, Tensor perm, "
         "int in_features) -> Tensor");
   m.def("bsr_weight_grad(Tensor dy, Tensor x, Tensor row_ptr, Tensor col_idx, int R, int C) -> Tensor");
-  m.def("csr_mm(Tensor row_ptr, Tensor col, Tensor values, Tensor x, Tensor? bias) -> Tensor");
+  m.def("csr_mm(Tensor row_ptr, Tensor col, Tensor values, Tensor x, Tensor? bias, Tensor? perm=None) -> Tensor");
   m.def("csr_sddmm(Tensor row_ptr, Tensor col, Tensor dy, Tensor x) -> Tensor");
   m.def("csr_linear(Tensor x, Tensor values, Tensor? bias, Tensor row_ptr, Tensor col, Tensor t_row_ptr, "
         "Tensor t_col, Tensor perm) -> Tensor");
