@@ -55,8 +55,8 @@ class Stores:
 
 
 # Every representation name a scheme may carry. The keys match representations.REPRESENTATIONS,
-# plus `auto`: a selection policy (sparsify picks, per layer, the fastest representation that can
-# store the scheme there), not a storage of its own.
+# plus the selection policies (sparsify picks a representation per layer; not storages of their own):
+# `auto`, the fastest that trains within dense's memory; `fastest`, the fastest whatever its memory.
 STORES: dict[str, Stores] = {
     "masked": Stores(dense=True),
     "csr": Stores(),
@@ -64,6 +64,7 @@ STORES: dict[str, Stores] = {
     "bsr_cpp": Stores(frozenset({"block"})),  # its own kernels: any block shape
     "semi": Stores(frozenset({"nm"}), rule=_two_of_four),
     "auto": Stores(),
+    "fastest": Stores(),
 }
 
 

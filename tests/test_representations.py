@@ -25,8 +25,9 @@ PATTERNS_OF = {
     "bsr_cpp": ["block"],
     "semi": ["nm24"],
     "auto": ["random", "magnitude", "block", "nm"],
+    "fastest": ["random", "magnitude", "block", "nm"],
 }
-SPARSE_REPS = [*REPRESENTATIONS, *POLICIES]  # a policy (auto) is tested as what it picks
+SPARSE_REPS = [*REPRESENTATIONS, *POLICIES]  # a policy (auto, fastest) is tested as what it picks
 
 
 def test_every_representation_is_tested():
@@ -209,6 +210,23 @@ def test_auto_picks_the_fastest_within_dense_memory():
     assert pick(times, dict.fromkeys(times, False)) == "masked"
     assert pick({"masked": 1.0, "csr": MARGIN * 0.99}, {"masked": False, "csr": False}) == "csr"
     assert pick({"masked": 1.0, "csr": MARGIN * 1.01}, {"masked": False, "csr": False}) == "masked"
+
+
+def test_fastest_ignores_memory_and_auto_does_not(isolated_auto_cache):
+    import json
+
+    from sparsebench.representations.auto import pick
+
+    layer, x = nn.Linear(256, 128), torch.randn(64, 256)
+    for policy in ("auto", "fastest"):
+        chosen = sparse_layer(layer, f"random:0.5@{policy}", 0, x).sparse_weight.name
+        cache = json.loads(isolated_auto_cache.read_text())
+        (decision,) = [v for k, v in cache.items() if k.endswith(f"Linear|128x256|64x256|random:0.5@{policy}")]
+        fits = decision["fits_dense_memory"]
+        rule = fits if policy == "auto" else dict.fromkeys(fits, False)
+        assert chosen == decision["chosen"] == pick(decision["times_ms"], rule)
+        if policy == "auto":
+            assert fits[chosen]  # csr fits at 50%, masked never does
 
 
 def test_training_bytes_counts_what_the_ledger_counts():

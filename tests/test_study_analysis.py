@@ -94,5 +94,5 @@ def test_points_and_the_default_cost_subset():
     from dataclasses import replace
     assert len(cost_points(replace(sweep, all_costs=True))) == 10  # masked at 0.5 too
     assert CostPoint("cnn", "reference", "block:4x4:0.9@bsr_cpp").key == "cost/reference/cnn/block4x4-0.9-bsr_cpp"
-    assert AccuracyPoint("cnn", "block:4x4:0.9", 1, "ci").training_scheme == "block:4x4:0.9@auto"
+    assert AccuracyPoint("cnn", "block:4x4:0.9", 1, "ci").training_scheme == "block:4x4:0.9@fastest"
     assert AccuracyPoint("cnn", "dense", 0, "ci").training_scheme == "dense"

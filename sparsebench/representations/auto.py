@@ -6,6 +6,10 @@ sparse representation fits in dense's memory (low sparsity), or where none is fa
 ``MARGIN`` and none fits either. The layer then holds that representation (its ``name`` says which),
 and the scheme string keeps ``@auto``.
 
+``fastest`` is the same measurement without the memory rule: the fastest valid representation,
+``masked`` kept unless another beats it by ``MARGIN``. It is for training where only time matters
+(the study's accuracy points: every representation computes the same function).
+
 A layer's training memory is counted as the ledger counts it, for Adam: the stored parameter four
 times (weight, gradient, two moments) plus its masks and indices; dense is 16 bytes per weight.
 
@@ -42,7 +46,7 @@ REPEATS = 3
 # in a few milliseconds of calibration can be noise, or vanish at the real batch size.
 MARGIN = 0.9
 LOCK_TIMEOUT_S = 60
-POLICY = "fastest-within-dense-memory"  # part of the cache key: a changed rule must not reuse old choices
+RULES = {"auto": "fastest-within-dense-memory", "fastest": "fastest"}  # in the cache key: a changed rule re-measures
 
 
 def _cache_path() -> Path:
@@ -136,7 +140,7 @@ def choose(scheme: Scheme, layer_name: str, layer: nn.Module, mask: torch.Tensor
         raise ValueError(f"layer {layer_name!r}: 'auto' times each representation at the layer's input shape; "
                          "pass sparsify(..., example_inputs=a training batch)")
     shape2d = (layer.weight.shape[0], layer.weight[0].numel())
-    key = "|".join([POLICY, _machine_key(layer.weight.device), type(layer).__name__,
+    key = "|".join([RULES[scheme.representation], _machine_key(layer.weight.device), type(layer).__name__,
                     "x".join(map(str, layer.weight.shape)),
                     "x".join(map(str, input_shape)), str(scheme)])
     valid = candidates(scheme, shape2d, layer_name)
@@ -152,7 +156,7 @@ def choose(scheme: Scheme, layer_name: str, layer: nn.Module, mask: torch.Tensor
         fits[name] = training_bytes(weight) <= dense_bytes
         times[name] = _time_ms(_wrap(weight, layer), x)
         del weight
-    chosen = pick(times, fits)
+    chosen = pick(times, fits if scheme.representation == "auto" else dict.fromkeys(fits, False))
     _save_choice(path, key, {"chosen": chosen, "times_ms": times, "fits_dense_memory": fits,
                              "calibration_input": list(x.shape)})
     return chosen

@@ -64,7 +64,7 @@ def add_study_parser(sub) -> None:
         "study", help="the study: accuracy and cost across patterns, sparsity levels and representations",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Accuracy once per (arch, pattern, sparsity, seed) on the accuracy budget, trained with "
-        "PATTERN@auto; cost (step time split forward/backward/optimizer, peak memory, ledger, model size, "
+        "PATTERN@fastest; cost (step time split forward/backward/optimizer, peak memory, ledger, model size, "
         "inference) per (arch, size, pattern, sparsity, representation) against dense, interleaved in one "
         "process. One JSON document per point under OUT (an interrupted study resumes; --force reruns), then "
         "STUDY.md and PNG plots.",

@@ -69,7 +69,7 @@ def summary(doc: dict) -> str:
         return f"accuracy {value['result']['accuracy']:.3f}"
     return (f"speed-up x{value['speedup']:.2f}, peak x{value['peak_ratio']:.2f} of dense "
             f"(auto: {', '.join(sorted(set(value['representations'].values())))})"
-            if "auto" in doc["point"]["scheme"] else
+            if "@auto" in doc["point"]["scheme"] or "@fastest" in doc["point"]["scheme"] else
             f"speed-up x{value['speedup']:.2f}, peak x{value['peak_ratio']:.2f} of dense")
 
 

@@ -72,9 +72,9 @@ class AccuracyPoint:
 
     @property
     def training_scheme(self) -> str:
-        """The scheme it trains with: ``auto`` (per layer the fastest valid representation here, and
-        every representation computes the same function); dense stays dense."""
-        return self.pattern if not parse_scheme(self.pattern).spec.sparse else f"{self.pattern}@auto"
+        """The scheme it trains with: ``fastest`` (per layer the fastest valid representation here,
+        whatever its memory: every representation computes the same function); dense stays dense."""
+        return self.pattern if not parse_scheme(self.pattern).spec.sparse else f"{self.pattern}@fastest"
 
     @property
     def key(self) -> str:

@@ -25,6 +25,13 @@ def _machines(docs: dict) -> list[str]:
     return [f"{m}; commit {', '.join(sorted(c for c in commits if c))}" for m, commits in seen.items()]
 
 
+SEQUENCE_LENGTH_WHY = (
+    "The reference transformer is costed at 256 tokens, its own context length (`REFERENCE_TRANSFORMER.seq_len`, "
+    "to which its reviews are cut and padded), batch 16: 4096 tokens a step, the token count of the layer "
+    "benchmark (`docs/layers.md`), so both time the same products. A shorter length would shrink the "
+    "activations and so raise the weights' share of the peak (flattering sparse storage); a longer one the opposite.")
+
+
 def _budgets(docs: dict) -> str:
     names = sorted({d["point"]["budget"] for d in docs.values() if d["point"]["kind"] == "accuracy"})
     return ", ".join(f"`{n}`" for n in names) or "(none)"
@@ -125,13 +132,15 @@ def build_study_report(docs: dict, problems: list[str], out_dir: Path, command: 
              "documents; rerun the command to regenerate this file and its plots.", "",
              "Measured on:", *[f"- {m}" for m in _machines(docs)], "",
              f"Accuracy: the {_budgets(docs)} budget, trained once per (arch, pattern, sparsity, seed) with "
-             "`PATTERN@auto` (each layer the fastest valid representation here; every representation computes the same "
-             "function). Spread: the sample standard deviation over seeds (none with one seed); deltas against "
-             "dense are paired by seed, in percentage points. Cost: per (arch, size, scheme), a fresh dense "
-             "and a fresh scheme model stepped interleaved in one process on the same batch; speed-up = dense's "
-             "median step time / the scheme's (above 1: faster); fwd/bwd/opt x = the scheme's phase time over "
-             "dense's (above 1: slower); peak = memray's peak heap of a separate untimed pass (build, optimizer, "
-             "steps) taken after the process is warm.", "", "Sizes costed:", *_sizes(docs), ""]
+             "`PATTERN@fastest` (each layer the fastest valid representation here, whatever its memory; every "
+             "representation computes the same function). Spread: the sample standard deviation over seeds (none "
+             "with one seed); deltas against dense are paired by seed, in percentage points. Cost: per (arch, "
+             "size, scheme), a fresh dense and a fresh scheme model stepped interleaved in one process on the same"
+             " batch; speed-up = dense's median step time / the scheme's (above 1: faster); fwd/bwd/opt x = the "
+             "scheme's phase time over dense's (above 1: slower); peak = memray's peak heap of a separate untimed "
+             "pass (build, optimizer, steps) taken after the process is warm.", "", "Sizes costed:", *_sizes(docs), ""]
+    if any(r["size"] == "reference" and r["arch"] == "transformer" for r in rows):
+        lines += [SEQUENCE_LENGTH_WHY, ""]
     if rows:
         lines += ["## In a sentence", ""]
         for size in sizes:
