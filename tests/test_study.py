@@ -77,7 +77,7 @@ def test_an_interrupted_study_resumes_and_force_reruns(tiny_data_dir, tmp_path, 
     assert calls == ["block:4x4:0.9@bsr_cpp"]
     calls.clear()
     assert _tiny(out, tiny_data_dir, "--force") == 0
-    assert sorted(calls) == ["block:4x4:0.9@auto", "block:4x4:0.9@bsr_cpp", "dense"]
+    assert sorted(calls) == ["block:4x4:0.9@bsr_cpp", "block:4x4:0.9@fastest", "dense"]  # accuracy trains @fastest
 
 
 def test_unusable_documents_are_named_and_measured_again(tiny_data_dir, tmp_path, monkeypatch, capsys):

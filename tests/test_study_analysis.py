@@ -96,3 +96,21 @@ def test_points_and_the_default_cost_subset():
     assert CostPoint("cnn", "reference", "block:4x4:0.9@bsr_cpp").key == "cost/reference/cnn/block4x4-0.9-bsr_cpp"
     assert AccuracyPoint("cnn", "block:4x4:0.9", 1, "ci").training_scheme == "block:4x4:0.9@fastest"
     assert AccuracyPoint("cnn", "dense", 0, "ci").training_scheme == "dense"
+
+
+def test_sentences_speak_for_auto_where_it_was_measured():
+    from sparsebench.study.analysis import as_chosen, sentences
+
+    def row(rep, speedup, peak, pattern="block:16x16:0.9", size="reference"):
+        return {"arch": "transformer", "size": size, "pattern": pattern, "rep": rep, "speedup": speedup,
+                "peak_ratio": peak}
+
+    rows = [row("masked", 1.3, 1.1), row("bsr_cpp", 2.6, 0.82), row("auto", 2.5, 0.82),
+            row("masked", 1.2, 1.1, pattern="random:0.9"), row("csr", 0.9, 0.8, pattern="random:0.9")]
+    chosen = as_chosen(rows)
+    assert chosen[("transformer", "reference", "block:16x16:0.9")]["rep"] == "auto"  # not the faster bsr_cpp
+    assert chosen[("transformer", "reference", "random:0.9")]["rep"] == "masked"  # no auto: the fastest
+    acc = {("transformer", "block:16x16:0.9"): {"delta": -1.3, "delta_std": 0.4, "n": 3}}
+    (text, _) = sentences(rows, acc, "reference")
+    assert text == ("transformer: on this machine, block 16x16 at 90% trains 2.50x faster than dense at the reference "
+                    "size (auto), costs 1.3 ± 0.4 points of accuracy (n=3), and uses 0.82x the peak memory.")

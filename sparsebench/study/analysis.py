@@ -143,10 +143,21 @@ def sentence(row: dict, accuracy: dict | None) -> str:
     return text + f", and uses {row['peak_ratio']:.2f}x the peak memory."
 
 
+def as_chosen(rows: list[dict]) -> dict[tuple[str, str, str], dict]:
+    """(arch, size, pattern) -> the row of ``auto`` (what a user would pick: the fastest representation
+    within dense's memory) where it was measured, else of the fastest representation."""
+    best = fastest(rows)
+    for r in rows:
+        if r["rep"] == "auto":
+            best[(r["arch"], r["size"], r["pattern"])] = r
+    return best
+
+
 def sentences(rows: list[dict], acc: dict, size: str, level: float = 0.9) -> list[str]:
-    """One sentence per (arch, pattern at ``level`` or without a level), for its fastest representation at ``size``."""
+    """One sentence per (arch, pattern at ``level`` or without a level) at ``size``, for ``auto`` (else the
+    fastest representation: see ``as_chosen``)."""
     out = []
-    for (arch, sz, pattern), row in sorted(fastest(rows).items()):
+    for (arch, sz, pattern), row in sorted(as_chosen(rows).items()):
         scheme = parse_scheme(pattern)
         if sz == size and (scheme.sparsity is None or abs(scheme.target_sparsity - level) < 1e-9):
             out.append(f"{arch}: " + sentence(row, acc.get((arch, pattern))))
