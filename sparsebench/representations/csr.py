@@ -62,7 +62,7 @@ def csr_structure(mask2d: torch.Tensor, narrow: bool = False):
 def transposed_structure(crow, col, cols: int, narrow: bool = False):
     """W^T's (t_crow, t_col, perm); ``t_col`` (W's row of each entry) narrowed as ``csr_structure``
     narrows ``col``."""
-    t_crow, t_col, perm = kernels.transpose_structure(crow, col.to(crow.dtype), cols)
+    t_crow, t_col, perm = kernels.transpose_structure(crow, col, cols)  # it reads col as int32 itself
     return t_crow, t_col.to(index_dtype(crow.shape[0] - 1, narrow)), perm
 
 
