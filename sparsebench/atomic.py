@@ -1,4 +1,5 @@
-"""Files that matter are written atomically: readers see the old file or the new one, never half.
+"""Files that matter are written atomically: readers see the old file or the new one, never half;
+and the one lock every writer of a shared file or directory takes (``locked``).
 
 Everything goes to a fsynced temp file beside the target (a name that starts with ``.`` and ends in
 ``.tmp``, so no scan mistakes it for a result), then ``os.replace``. ``clean_orphans`` removes temp
@@ -7,11 +8,13 @@ files a killed writer left. Library core: no harness imports, no torch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
@@ -105,3 +108,70 @@ def clean_orphans(directory: str | os.PathLike, older_than_s: float = 60.0) -> l
         except OSError:
             continue
     return removed
+
+
+class Locked(Exception):
+    """``locked`` gave up: another process holds the lock. ``owner`` is its pid where it is known."""
+
+    def __init__(self, path: Path, owner: int | None, waited_s: float):
+        self.path, self.owner, self.waited_s = path, owner, waited_s
+        held = f"pid {owner}" if owner else "another process"
+        super().__init__(f"{path} is locked by {held}" + (f" (waited {waited_s:.0f} s)" if waited_s else ""))
+
+
+@dataclass
+class Lock:
+    """A held lock: its path, and the pid of the previous holder (a killed one's pid is still there)."""
+
+    path: Path
+    previous_owner: int | None
+
+
+def _owner(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    except OSError:  # a directory
+        return None
+    return int(text) if text.isdigit() else None
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike, wait_s: float | None = None,
+           on_wait: Callable[[int | None], None] | None = None) -> Iterator[Lock]:
+    """Hold an exclusive ``flock`` on ``path`` for the ``with`` block.
+
+    A directory is locked itself (no file is left in it); anything else is a lock file, created if
+    needed, with the holder's pid written into it so a waiter can name it. The kernel drops an flock
+    when its holder dies, so a killed process never leaves a stale lock. ``wait_s``: None waits as long
+    as it takes, 0 fails at once, else gives up after that many seconds; giving up raises ``Locked``.
+    ``on_wait(owner_pid)`` is called once, when the lock is busy."""
+    import fcntl
+
+    path = Path(path)
+    is_dir = path.is_dir()
+    if not is_dir:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY if is_dir else os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        start, told = time.monotonic(), False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait_s is None and told else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                waited = time.monotonic() - start
+                if wait_s is not None and waited >= wait_s:
+                    raise Locked(path, _owner(fd), waited) from None
+                if not told:
+                    told = True
+                    if on_wait is not None:
+                        on_wait(_owner(fd))
+                if wait_s is not None:
+                    time.sleep(min(0.2, wait_s))
+        previous = _owner(fd)
+        if not is_dir:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield Lock(path, previous)
+    finally:
+        os.close(fd)  # releases the flock

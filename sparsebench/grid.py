@@ -110,7 +110,7 @@ def preflight(grid: list[Cell], budget: Budget, data_dir=None, device: str | Non
         kept = dense_layers(model, keep_dense)
         for cell in (c for c in grid if c.arch == name):
             scheme = cell.scheme
-            if not scheme.spec.sparse:
+            if not scheme.pattern.sparse:
                 continue
             try:
                 layers = prunable_layers(model, kept)
@@ -122,7 +122,7 @@ def preflight(grid: list[Cell], budget: Budget, data_dir=None, device: str | Non
                     raise ValueError(f"{cell}: layer {layer_name!r} is a grouped convolution; leave it dense{hint}")
                 shape2d = tuple(as_matrix(layer.weight).shape)
                 try:
-                    scheme.spec.check_shape(shape2d, layer_name)
+                    scheme.pattern.check_shape(shape2d, layer_name)
                     if scheme.representation not in POLICIES:
                         REPRESENTATIONS[scheme.representation].check_layer(scheme, shape2d, layer_name)
                 except RepresentationUnavailable:

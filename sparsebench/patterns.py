@@ -15,19 +15,52 @@ unit, so no layer is cut off entirely. ``nm`` needs no rounding: exactly N of ev
 torch is imported inside the mask makers only, so a scheme string can be parsed and validated
 without it (``schemes`` imports this module; this module imports nothing from sparsebench).
 
-Adding a pattern: one frozen dataclass below with ``name``, ``syntax``, ``parse``, ``__str__``,
-``slug``, ``target_sparsity`` and ``make`` (``check_shape`` if it does not fit every shape), and
-one entry in ``PATTERNS``.
+Every pattern implements ``Pattern`` (below): its ``family`` (the pattern without its sparsity
+level, ``block:4x4``) and ``level`` (that sparsity, or None where the syntax fixes it) are what a
+study sweeps over, so nothing else takes a pattern's string apart.
+
+Adding a pattern: one frozen dataclass below implementing ``Pattern``, and one entry in ``PATTERNS``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
+
+
+@runtime_checkable
+class Pattern(Protocol):
+    """What every sparsity pattern is: an immutable value with a string syntax and a mask rule."""
+
+    name: ClassVar[str]  # its key in PATTERNS: "block"
+    syntax: ClassVar[str]  # how it is written, for messages: "block:RxC:S"
+    sparse: ClassVar[bool]  # False only for dense: nothing to prune
+
+    @property
+    def family(self) -> str:
+        """The pattern without its sparsity level (``block:4x4``); a pattern without one is its own family."""
+
+    @property
+    def level(self) -> float | None:
+        """The sparsity parameter S, or None where the syntax fixes the sparsity (dense, nm)."""
+
+    @property
+    def slug(self) -> str:
+        """File-safe form: ``block4x4-0.5``."""
+
+    @property
+    def target_sparsity(self) -> float:
+        """The fraction of weights it aims to zero in each pruned layer."""
+
+    def check_shape(self, shape2d: tuple[int, int], layer: str) -> None:
+        """ValueError naming ``layer`` and the fix when the pattern cannot fit a weight matrix of this shape."""
+
+    def make(self, w2d: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The bool mask (True = kept) of a 2-D weight."""
 
 
 def n_zeroed(sparsity: float, n: int) -> int:
@@ -119,6 +152,14 @@ class Dense:
         return "dense"
 
     @property
+    def family(self) -> str:
+        return "dense"
+
+    @property
+    def level(self) -> None:
+        return None
+
+    @property
     def slug(self) -> str:
         return "dense"
 
@@ -148,6 +189,14 @@ class Random:
 
     def __str__(self) -> str:
         return f"{self.name}:{fmt(self.sparsity)}"
+
+    @property
+    def family(self) -> str:
+        return self.name
+
+    @property
+    def level(self) -> float:
+        return float(self.sparsity)
 
     @property
     def slug(self) -> str:
@@ -207,6 +256,14 @@ class Block:
         return f"block:{self.rows}x{self.cols}:{fmt(self.sparsity)}"
 
     @property
+    def family(self) -> str:
+        return f"block:{self.rows}x{self.cols}"
+
+    @property
+    def level(self) -> float:
+        return float(self.sparsity)
+
+    @property
     def slug(self) -> str:
         return f"block{self.rows}x{self.cols}-{fmt(self.sparsity)}"
 
@@ -257,6 +314,14 @@ class NM:
         return f"nm:{self.n}:{self.m}"
 
     @property
+    def family(self) -> str:
+        return str(self)
+
+    @property
+    def level(self) -> None:
+        return None
+
+    @property
     def slug(self) -> str:
         return f"nm{self.n}of{self.m}"
 
@@ -279,10 +344,10 @@ class NM:
         return groups.new_zeros(groups.shape).bool().scatter_(-1, top, True).reshape(rows, cols)
 
 
-PATTERNS: dict[str, type] = {cls.name: cls for cls in (Dense, Random, Magnitude, Block, NM)}
+PATTERNS: dict[str, type[Pattern]] = {cls.name: cls for cls in (Dense, Random, Magnitude, Block, NM)}
 
 
-def parse_pattern(body: str, text: str | None = None):
+def parse_pattern(body: str, text: str | None = None) -> Pattern:
     """The pattern value written ``body`` (``block:4x4:0.5``); ``text`` is the whole scheme, for messages."""
     text = body if text is None else text
     name, *params = body.split(":")
@@ -305,8 +370,9 @@ def make_mask(weight: torch.Tensor, pattern, seed: int = 0, layer: str = "weight
 
     if isinstance(pattern, str):
         pattern = parse_pattern(pattern.strip().partition("@")[0], pattern)
-    spec = getattr(pattern, "spec", pattern)  # a Scheme carries its pattern value as .spec
+    if not isinstance(pattern, Pattern):  # a Scheme: its pattern value
+        pattern = pattern.pattern
     w2d = as_matrix(weight)
-    spec.check_shape(tuple(w2d.shape), layer)
+    pattern.check_shape(tuple(w2d.shape), layer)
     gen = torch.Generator().manual_seed(int(seed))
-    return spec.make(w2d, gen).reshape(weight.shape)
+    return pattern.make(w2d, gen).reshape(weight.shape)

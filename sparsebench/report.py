@@ -31,7 +31,7 @@ def machine(doc: Result) -> str:
 def cell_order(doc: Result) -> tuple:
     """Dense first, then by pattern, sparsity, scheme (so representations of one pattern sit together)."""
     scheme = parse_scheme(doc.scheme)
-    return (scheme.pattern != "dense", scheme.pattern, scheme.target_sparsity, doc.scheme, doc.seed or 0)
+    return (scheme.pattern.sparse, scheme.pattern.name, scheme.target_sparsity, doc.scheme, doc.seed or 0)
 
 
 def series_label(doc: Result) -> str:
@@ -41,7 +41,7 @@ def series_label(doc: Result) -> str:
     """
     scheme = parse_scheme(doc.scheme)
     body, _, rep = doc.scheme.partition("@")
-    if scheme.sparsity is not None:
+    if scheme.pattern.level is not None:
         body = body.rpartition(":")[0]  # the sparsity is a pattern's last parameter
     return f"{body}@{rep}" if rep else body
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .patterns import parse_pattern
+from .patterns import Block, NM, Pattern, parse_pattern
 
 DEFAULT_REPRESENTATION = "masked"
 
 
 def _square_blocks(scheme: Scheme) -> str | None:
-    r, c = scheme.block
+    assert isinstance(scheme.pattern, Block)  # Stores.patterns admits only block patterns here
+    r, c = scheme.pattern.block
     if r != c:
         return (f"torch's CPU BSR kernels (MKL) take only square blocks, not {r}x{c}; use a square block such as "
                 f"{max(r, c)}x{max(r, c)}, or '{scheme.with_representation('csr')}'")
@@ -30,7 +31,7 @@ def _square_blocks(scheme: Scheme) -> str | None:
 
 
 def _two_of_four(scheme: Scheme) -> str | None:
-    if scheme.nm != (2, 4):
+    if not isinstance(scheme.pattern, NM) or scheme.pattern.nm != (2, 4):
         return "semi stores only 2:4 sparsity; write 'nm:2:4@semi'"
     return None
 
@@ -45,9 +46,9 @@ class Stores:
 
     def refusal(self, scheme: Scheme) -> str | None:
         """Why this representation cannot store ``scheme`` (with the fix), or None if it can."""
-        if not scheme.spec.sparse:
+        if not scheme.pattern.sparse:
             return None if self.dense else "a dense weight has nothing to store sparsely; write 'dense'"
-        if self.patterns is not None and scheme.pattern not in self.patterns:
+        if self.patterns is not None and scheme.pattern.name not in self.patterns:
             return (f"representation {scheme.representation!r} stores only {', '.join(sorted(self.patterns))} "
                     f"patterns; use '{scheme.with_representation('csr')}' or "
                     f"'{scheme.with_representation('masked')}' instead")
@@ -70,7 +71,7 @@ STORES: dict[str, Stores] = {
 
 @dataclass(frozen=True)
 class Scheme:
-    spec: object  # the pattern value, e.g. patterns.Block(4, 4, 0.5)
+    pattern: Pattern  # the pattern value, e.g. patterns.Block(4, 4, 0.5)
     representation: str = DEFAULT_REPRESENTATION
 
     def __post_init__(self):
@@ -84,42 +85,24 @@ class Scheme:
 
     def __str__(self) -> str:
         if self.representation == DEFAULT_REPRESENTATION:
-            return str(self.spec)
-        return f"{self.spec}@{self.representation}"
-
-    @property
-    def pattern(self) -> str:
-        """The pattern's name, a key of ``patterns.PATTERNS``."""
-        return self.spec.name
+            return str(self.pattern)
+        return f"{self.pattern}@{self.representation}"
 
     @property
     def slug(self) -> str:
         """File-safe id: ``dense``, ``random-0.5-csr``, ``block4x4-0.5-bsr``, ``nm2of4-masked``."""
-        if not self.spec.sparse and self.representation == DEFAULT_REPRESENTATION:
-            return self.spec.slug
-        return f"{self.spec.slug}-{self.representation}"
+        if not self.pattern.sparse and self.representation == DEFAULT_REPRESENTATION:
+            return self.pattern.slug
+        return f"{self.pattern.slug}-{self.representation}"
 
     @property
     def target_sparsity(self) -> float:
         """The fraction of weights the pattern aims to zero in each pruned layer."""
-        return self.spec.target_sparsity
-
-    # the pattern's parameters, where it has them (None otherwise)
-    @property
-    def sparsity(self) -> float | None:
-        return getattr(self.spec, "sparsity", None)
-
-    @property
-    def block(self) -> tuple[int, int] | None:
-        return getattr(self.spec, "block", None)
-
-    @property
-    def nm(self) -> tuple[int, int] | None:
-        return getattr(self.spec, "nm", None)
+        return self.pattern.target_sparsity
 
     def with_representation(self, representation: str) -> Scheme:
         """The same pattern in another representation (ValueError if that one cannot store it)."""
-        return Scheme(self.spec, representation)
+        return Scheme(self.pattern, representation)
 
 
 def parse_scheme(text: str | Scheme) -> Scheme:

@@ -80,7 +80,7 @@ def sparsify(model: nn.Module, scheme: Scheme | str, seed: int = 0, keep_dense: 
     each layer at its input shape.
     """
     scheme = parse_scheme(scheme)
-    if not scheme.spec.sparse:
+    if not scheme.pattern.sparse:
         return model
     policy = POLICIES.get(scheme.representation)
     layers = prunable_layers(model, keep_dense)
@@ -89,7 +89,7 @@ def sparsify(model: nn.Module, scheme: Scheme | str, seed: int = 0, keep_dense: 
             raise ValueError(f"layer {name!r}: grouped convolutions (groups={layer.groups}) are not supported; "
                              f"leave it dense with sparsify(..., keep_dense=[{name!r}, ...])")
         shape2d = tuple(as_matrix(layer.weight).shape)
-        scheme.spec.check_shape(shape2d, name)
+        scheme.pattern.check_shape(shape2d, name)
         if policy is None:  # a policy checks its candidates itself (masked serves every layer)
             REPRESENTATIONS[scheme.representation].check_layer(scheme, shape2d, name)
     meta = [name for name, layer in layers if layer.weight.is_meta]

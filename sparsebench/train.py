@@ -219,7 +219,7 @@ class CellRun:
         return Result(
             schema_version=SCHEMA_VERSION, status="ok",
             arch=cell.arch, scheme=str(cell.scheme), slug=cell.scheme.slug, budget=budget.name,
-            pattern=cell.scheme.pattern, representation=cell.scheme.representation,
+            pattern=cell.scheme.pattern.name, representation=cell.scheme.representation,
             target_sparsity=cell.scheme.target_sparsity,
             budget_settings=budget.settings() | {"arch_training": asdict(self.training), "arch_steps": self.steps},
             seed=self.seed, dataset=task.info,

@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sparsebench import PATTERNS, Scheme, parse_scheme
+from sparsebench.patterns import Block, Pattern
 
 CANONICAL = ["dense", "random:0.5", "random:0.5@csr", "magnitude:0.9", "block:4x4:0.5@bsr", "block:16x32:0.95@csr",
              "nm:2:4", "nm:2:4@semi", "nm:1:8@csr"]
@@ -19,28 +20,32 @@ def test_round_trip(text):
 
 def test_fields_and_default_representation():
     s = parse_scheme("block:4x4:0.5@bsr")
-    assert (s.pattern, s.block, s.sparsity, s.representation) == ("block", (4, 4), 0.5, "bsr")
+    assert s.pattern == Block(4, 4, 0.5)
+    assert (s.pattern.name, s.pattern.family, s.pattern.level, s.representation) == ("block", "block:4x4", 0.5, "bsr")
     assert s.slug == "block4x4-0.5-bsr"
     assert parse_scheme("random:0.25").representation == "masked"
     assert parse_scheme("nm:2:4").target_sparsity == 0.5
     with pytest.raises(dataclasses.FrozenInstanceError):
-        s.sparsity = 0.1  # immutable value
+        s.representation = "csr"  # immutable value
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.pattern.sparsity = 0.1
 
 
-@pytest.mark.parametrize("text, slug, target, sparsity, block, nm", [
-    ("dense", "dense", 0.0, None, None, None),
-    ("random:0.5@csr", "random-0.5-csr", 0.5, 0.5, None, None),
-    ("magnitude:0.9", "magnitude-0.9-masked", 0.9, 0.9, None, None),
-    ("block:4x4:0.5@bsr", "block4x4-0.5-bsr", 0.5, 0.5, (4, 4), None),
-    ("block:16x32:0.95@csr", "block16x32-0.95-csr", 0.95, 0.95, (16, 32), None),
-    ("block:16x16:0.9@auto", "block16x16-0.9-auto", 0.9, 0.9, (16, 16), None),
-    ("nm:2:4", "nm2of4-masked", 0.5, None, None, (2, 4)),
-    ("nm:1:8@csr", "nm1of8-csr", 0.875, None, None, (1, 8)),
+@pytest.mark.parametrize("text, slug, target, family, level", [
+    ("dense", "dense", 0.0, "dense", None),
+    ("random:0.5@csr", "random-0.5-csr", 0.5, "random", 0.5),
+    ("magnitude:0.9", "magnitude-0.9-masked", 0.9, "magnitude", 0.9),
+    ("block:4x4:0.5@bsr", "block4x4-0.5-bsr", 0.5, "block:4x4", 0.5),
+    ("block:16x32:0.95@csr", "block16x32-0.95-csr", 0.95, "block:16x32", 0.95),
+    ("block:16x16:0.9@auto", "block16x16-0.9-auto", 0.9, "block:16x16", 0.9),
+    ("nm:2:4", "nm2of4-masked", 0.5, "nm:2:4", None),
+    ("nm:1:8@csr", "nm1of8-csr", 0.875, "nm:1:8", None),
 ])
-def test_slugs_and_parameters(text, slug, target, sparsity, block, nm):
+def test_slugs_and_parameters(text, slug, target, family, level):
     """Baselines are stored under these slugs: they must not change."""
     s = parse_scheme(text)
-    assert (s.slug, s.target_sparsity, s.sparsity, s.block, s.nm) == (slug, target, sparsity, block, nm)
+    assert (s.slug, s.target_sparsity, s.pattern.family, s.pattern.level) == (slug, target, family, level)
+    assert isinstance(s.pattern, Pattern)
 
 
 def test_schemes_are_values():

@@ -70,7 +70,7 @@ class BsrWeight(SparseWeight):
 
     def __init__(self, weight, mask, scheme):
         super().__init__(weight, mask, scheme)
-        self.block = tuple(scheme.block)
+        self.block = tuple(scheme.pattern.block)
         w2d, mask2d = as_matrix(weight).detach(), as_matrix(mask).bool()
         self.shape2d = tuple(w2d.shape)
         blocks = block_mask_of(mask2d, self.block)

@@ -46,7 +46,7 @@ def cost_rows(docs: dict[str, dict]) -> list[dict]:
         if p["kind"] != "cost" or doc["status"] != "ok":
             continue
         scheme = parse_scheme(p["scheme"])
-        pattern = str(scheme.spec)
+        pattern = str(scheme.pattern)
         v = doc["value"]
         saving = v["ledger"]["dense_total"] - v["ledger"]["total"]
         peak_saving = v["peak_memory_bytes"]["dense"] - v["peak_memory_bytes"]["scheme"]
@@ -93,7 +93,7 @@ def break_even_table(rows: list[dict]) -> dict[tuple[str, str, str, str], dict]:
     """(arch, size, family, rep) -> break_even over that family's levels (families with a level only)."""
     series: dict[tuple, list] = defaultdict(list)
     for r in rows:
-        if parse_scheme(r["pattern"]).sparsity is not None:
+        if parse_scheme(r["pattern"]).pattern.level is not None:
             series[(r["arch"], r["size"], r["family"], r["rep"])].append((r["level"], r["time_ratio"]["total"]))
     return {key: break_even(s) | {"levels": len(s)} for key, s in series.items()}
 
@@ -124,8 +124,8 @@ def describe_pattern(pattern: str) -> str:
     scheme = parse_scheme(pattern)
     fam = family(pattern)
     name = fam.replace(":", " ") if fam != pattern else pattern
-    if scheme.sparsity is None:
-        return f"{pattern.partition(':')[2]} N:M" if scheme.pattern == "nm" else name
+    if scheme.pattern.level is None:
+        return f"{pattern.partition(':')[2]} N:M" if scheme.pattern.name == "nm" else name
     return f"{name} at {scheme.target_sparsity:.0%}"
 
 
@@ -159,6 +159,6 @@ def sentences(rows: list[dict], acc: dict, size: str, level: float = 0.9) -> lis
     out = []
     for (arch, sz, pattern), row in sorted(as_chosen(rows).items()):
         scheme = parse_scheme(pattern)
-        if sz == size and (scheme.sparsity is None or abs(scheme.target_sparsity - level) < 1e-9):
+        if sz == size and (scheme.pattern.level is None or abs(scheme.target_sparsity - level) < 1e-9):
             out.append(f"{arch}: " + sentence(row, acc.get((arch, pattern))))
     return out

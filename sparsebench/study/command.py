@@ -30,7 +30,7 @@ def _pattern(text: str) -> str:
         return text
     if "@" in text:
         raise argparse.ArgumentTypeError(f"{text!r}: give patterns without a representation (see --representations)")
-    if scheme.sparsity is not None or not scheme.spec.sparse:
+    if scheme.pattern.level is not None or not scheme.pattern.sparse:
         raise argparse.ArgumentTypeError(f"{text!r}: give a family without its sparsity (e.g. "
                                          f"{text.rpartition(':')[0] or text}) and the levels with --levels")
     return str(scheme)

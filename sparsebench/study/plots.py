@@ -31,12 +31,12 @@ def accuracy_vs_sparsity(acc: dict, path: Path) -> None:
             if a != arch:
                 continue
             scheme = parse_scheme(pattern)
-            if not scheme.spec.sparse:
+            if not scheme.pattern.sparse:
                 ax.axhline(s["mean"], color="black", lw=1, label="dense")
                 if s["std"]:
                     ax.axhspan(s["mean"] - s["std"], s["mean"] + s["std"], color="black", alpha=0.1)
                 continue
-            label = pattern.rpartition(":")[0] if scheme.sparsity is not None else pattern
+            label = pattern.rpartition(":")[0] if scheme.pattern.level is not None else pattern
             series[label].append((scheme.target_sparsity, s["mean"], s["std"] or 0.0))
         for (label, pts), style in zip(sorted(series.items()), FAMILY_STYLES * 3, strict=False):
             pts.sort()

@@ -55,7 +55,7 @@ class Sweep:
 def family(pattern: str) -> str:
     """``block:4x4:0.9`` -> ``block:4x4``; a pattern without a sparsity parameter is its own family."""
     scheme = parse_scheme(pattern)
-    return pattern.rpartition(":")[0] if scheme.sparsity is not None else pattern
+    return pattern.rpartition(":")[0] if scheme.pattern.level is not None else pattern
 
 
 def level(pattern: str) -> float:
@@ -74,11 +74,11 @@ class AccuracyPoint:
     def training_scheme(self) -> str:
         """The scheme it trains with: ``fastest`` (per layer the fastest valid representation here,
         whatever its memory: every representation computes the same function); dense stays dense."""
-        return self.pattern if not parse_scheme(self.pattern).spec.sparse else f"{self.pattern}@fastest"
+        return self.pattern if not parse_scheme(self.pattern).pattern.sparse else f"{self.pattern}@fastest"
 
     @property
     def key(self) -> str:
-        return f"accuracy/{self.budget}/{self.arch}/{parse_scheme(self.pattern).spec.slug}-seed{self.seed}"
+        return f"accuracy/{self.budget}/{self.arch}/{parse_scheme(self.pattern).pattern.slug}-seed{self.seed}"
 
     def describe(self) -> dict:
         return {"kind": self.kind, "arch": self.arch, "pattern": self.pattern, "seed": self.seed,
@@ -113,7 +113,7 @@ def representations_for(pattern: str, representations) -> list[str]:
     out = []
     for rep in representations:
         try:
-            Scheme(parse_scheme(pattern).spec, rep)
+            Scheme(parse_scheme(pattern).pattern, rep)
         except ValueError:
             continue
         out.append(rep)
@@ -124,7 +124,7 @@ def in_default_subset(pattern: str, rep: str, size: str) -> bool:
     """Whether the default (not ``--all``) cost sweep measures ``pattern@rep`` at ``size`` (module doc)."""
     if family(pattern) == "magnitude" and size != "ci":
         return False
-    fixed = parse_scheme(pattern).sparsity is None
+    fixed = parse_scheme(pattern).pattern.level is None
     if rep == "auto":
         return True
     if rep == "masked":
@@ -148,5 +148,5 @@ def cost_points(sweep: Sweep) -> list[CostPoint]:
             for pattern in sweep.patterns()[1:]:  # dense is the reference inside every cost point
                 for rep in representations_for(pattern, sweep.representations):
                     if sweep.all_costs or in_default_subset(pattern, rep, size):
-                        points.append(CostPoint(arch, size, str(Scheme(parse_scheme(pattern).spec, rep))))
+                        points.append(CostPoint(arch, size, str(Scheme(parse_scheme(pattern).pattern, rep))))
     return points
