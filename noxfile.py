@@ -52,7 +52,7 @@ def bench(session):
 def layers(session):
     """The layer benchmark: one training step per representation at real layer shapes, vs dense.
     `nox -s layers -- --targets [--isa avx512 avx2 generic]` instead prints the kernel variants'
-    table against the kernels issue's targets and writes docs/layers.md."""
+    table against the layer targets (benchmarks/layer_targets.py) and writes docs/layers.md."""
     install(session)
     if session.posargs[:1] == ["--targets"]:
         session.run("python", "benchmarks/layer_targets.py", *session.posargs[1:])
@@ -62,7 +62,7 @@ def layers(session):
 
 @nox.session
 def ray(session):
-    """The Ray executor (issue 12): a smoke grid on a local 2-CPU Ray instance started by the test, a worker
+    """The Ray executor: a smoke grid on a local 2-CPU Ray instance started by the test, a worker
     killed mid-cell (retry, then an error document), and the same grid run serially, compared cell by cell.
     Ray is an optional extra, so it has its own virtualenv; here a missing ray fails instead of skipping."""
     install(session, "dev,ray")
@@ -72,8 +72,8 @@ def ray(session):
 
 @nox.session
 def study(session):
-    """The study (issue 10): accuracy and cost across patterns, sparsity levels and representations, then
-    docs/study/STUDY.md and its plots. About an hour on 2 cores with one seed; it resumes from the points
-    already in results/study. Arguments go to `sparsebench study` (e.g. `nox -s study -- --seeds 3`, `-- --all`)."""
+    """The study: accuracy and cost across patterns, sparsity levels and representations, then
+    docs/study/STUDY.md and its plots. It resumes from the points already in results/study. Arguments
+    go to `sparsebench study` (e.g. `nox -s study -- --seeds 3`, `-- --all`)."""
     install(session)
     session.run("sparsebench", "study", "--out", "results/study", "--report-dir", "docs/study", *session.posargs)

@@ -1,7 +1,7 @@
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,13 +32,11 @@ def pytest_addoption(parser):
 @dataclass
 class GridSettings:
     budget: object
-    seed: int
+    settings: object  # sparsebench.settings.RunSettings: every cell's seed and progress bar
     rounds: int
     results_dir: Path
     baselines: Path
     gate: bool
-    progress: bool
-    failures: list = field(default_factory=list)
 
 
 def _results_dir(config) -> Path:
@@ -57,15 +55,16 @@ def pytest_sessionstart(session):
 @pytest.fixture(scope="session")
 def grid(request):
     from sparsebench.budgets import get_budget
+    from sparsebench.settings import RunSettings
 
     config = request.config
     try:
         budget = get_budget(config.getoption("--budget"))
+        settings = RunSettings(seed=config.getoption("--grid-seed"), progress=config.getoption("--progress"))
     except ValueError as err:
         raise pytest.UsageError(str(err)) from None
-    return GridSettings(budget, config.getoption("--grid-seed"), config.getoption("--grid-rounds"),
-                        _results_dir(config), Path(config.getoption("--baselines")),
-                        not config.getoption("--no-gate"), config.getoption("--progress"))
+    return GridSettings(budget, settings, config.getoption("--grid-rounds"), _results_dir(config),
+                        Path(config.getoption("--baselines")), not config.getoption("--no-gate"))
 
 
 @pytest.fixture

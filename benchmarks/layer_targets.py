@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SHAPE = "ffn"
 THREADS = 2
-# scheme -> the speed-up the kernels issue asks of the avx512 and avx2 variants (None: reported only)
+# scheme -> the speed-up against dense the avx512 and avx2 variants must reach (None: reported only)
 TARGETS = {
     "block:16x16:0.9@bsr_cpp": 2.5,
     "block:32x32:0.9@bsr_cpp": 2.5,
@@ -144,8 +144,8 @@ def main(argv=None) -> int:
              "One training step (forward, backward with input gradient, fused Adam) of a Linear layer at the "
              "transformer's feed-forward shape, 4096 tokens x 512 -> 2048, against the same layer dense, "
              f"measured interleaved in one process on {THREADS} threads; speed-up = dense time / sparse time "
-             f"(medians of {args.steps} steps; median of {args.repeats} runs, with their range). Targets from the "
-             "kernels issue apply to `avx512` and `avx2`, each against dense at its own instruction set (a "
+             f"(medians of {args.steps} steps; median of {args.repeats} runs, with their range). The targets "
+             "apply to `avx512` and `avx2`, each against dense at its own instruction set (a "
              "variant below this CPU's best is also shown against dense at the full set, reported only); "
              "`generic` is reported as measured. The process uses the harness's allocator setting "
              "(sparsebench/allocator.py), dense and sparse alike.", ""]

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from dataclasses import replace
-from pathlib import Path
 
-import memray
 import torch
 import torch.nn.functional as F
 
 from sparsebench.ledger import memory_ledger
+from sparsebench.measure import peak_heap
 from sparsebench.models import CNN, REFERENCE_TRANSFORMER, Transformer, TransformerSize
 from sparsebench.sparsify import sparsify
 
@@ -71,14 +69,6 @@ def training_pass(make, scheme, x, y, steps, keep):
         keep["ledger"] = memory_ledger(model, opt)
 
 
-def tracked(fn) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        capture = Path(tmp) / "peak.bin"
-        with memray.Tracker(capture, native_traces=False, follow_fork=False):
-            fn()
-        return int(memray.FileReader(capture).metadata.peak_memory)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", default="cnn,transformer")
@@ -103,8 +93,8 @@ def main(argv=None) -> int:
             dense_peak = None
             for scheme in schemes:
                 start, keep = time.perf_counter(), {}
-                peak = tracked(lambda: training_pass(make, scheme, x, y, args.steps, keep))  # noqa: B023
-                build_peak = tracked(lambda: build(make, scheme, x))  # noqa: B023
+                peak = peak_heap(lambda: training_pass(make, scheme, x, y, args.steps, keep))  # noqa: B023
+                build_peak = peak_heap(lambda: build(make, scheme, x))  # noqa: B023
                 ledger = keep["ledger"]
                 saving = (ledger["dense_total"] - ledger["total"]) / MiB
                 if dense_peak is None:

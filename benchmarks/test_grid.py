@@ -28,7 +28,7 @@ def test_cell(benchmark, grid, cell):
     def timed_training(run):
         benchmark.pedantic(run.train, setup=run.fresh, rounds=grid.rounds, iterations=1)
 
-    result = run_one(cell, grid.budget, grid.results_dir, grid.seed, progress=grid.progress, train=timed_training)
+    result = run_one(cell, grid.budget, grid.results_dir, grid.settings, train=timed_training)
     if not result.ok:
         pytest.skip(result.reason)
     benchmark.extra_info.update(result.to_dict())

@@ -23,7 +23,7 @@ CIFAR_STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
 
 
 @dataclass
-class Task:
+class LoadedData:
     """An architecture's data in memory on the device; ``info`` is what the result records about it."""
 
     x_train: torch.Tensor
@@ -32,16 +32,16 @@ class Task:
     y_test: torch.Tensor
     info: dict
 
-    def to(self, device: torch.device) -> Task:
-        return Task(self.x_train.to(device), self.y_train.to(device), self.x_test.to(device),
-                    self.y_test.to(device), self.info)
+    def to(self, device: torch.device) -> LoadedData:
+        return LoadedData(self.x_train.to(device), self.y_train.to(device), self.x_test.to(device),
+                          self.y_test.to(device), self.info)
 
 
 @dataclass(frozen=True)
 class Arch:
     name: str
-    load: Callable[[Training, Any, Any], Task]  # (training, model size, data_dir) -> Task
-    build: Callable[[Any, Task], nn.Module]  # (model size, task) -> a fresh model
+    load: Callable[[Training, Any, Any], LoadedData]  # (training, model size, data_dir) -> LoadedData
+    build: Callable[[Any, LoadedData], nn.Module]  # (model size, loaded data) -> a fresh model
     inputs: Callable[[torch.Tensor], torch.Tensor]  # a stored batch -> model input
     training: Mapping[str, Training]  # budget name -> training settings
     size: Mapping[str, Any] = field(default_factory=dict)  # budget name -> model size (missing: reference)
@@ -72,10 +72,10 @@ def _cifar_inputs(x: torch.Tensor) -> torch.Tensor:
     return (x.float().div_(255) - CIFAR_MEAN.to(x.device)) / CIFAR_STD.to(x.device)
 
 
-def _load_cifar(training: Training, size, data_dir) -> Task:
+def _load_cifar(training: Training, size, data_dir) -> LoadedData:
     d = datasets.load_cifar10(data_dir, train_size=training.train_size, test_size=training.test_size)
-    return Task(d.x_train, d.y_train, d.x_test, d.y_test,
-                {"name": d.name, "train_size": len(d.y_train), "test_size": len(d.y_test)})
+    return LoadedData(d.x_train, d.y_train, d.x_test, d.y_test,
+                      {"name": d.name, "train_size": len(d.y_train), "test_size": len(d.y_test)})
 
 
 CNN_SIZE = {"conv_filters": [64, 128, 256], "fc": [4096, 512, 10]}  # the reference sizes, in every budget
@@ -83,23 +83,23 @@ CNN_SIZE = {"conv_filters": [64, 128, 256], "fc": [4096, 512, 10]}  # the refere
 
 # --- transformer on IMDB ------------------------------------------------------------------------------------
 
-def _load_imdb(training: Training, size: TransformerSize, data_dir) -> Task:
+def _load_imdb(training: Training, size: TransformerSize, data_dir) -> LoadedData:
     d = datasets.load_imdb(data_dir, vocab_size=size.vocab_size, seq_len=size.seq_len,
                            train_size=training.train_size, test_size=training.test_size)
-    return Task(d.x_train, d.y_train, d.x_test, d.y_test,
-                {"name": d.name, "vocab_size": d.vocab_size, "seq_len": d.seq_len,
-                 "test_subset": "balanced: the first half of test_size rows of each label, in file order",
-                 "train_size": len(d.y_train), "test_size": len(d.y_test)})
+    return LoadedData(d.x_train, d.y_train, d.x_test, d.y_test,
+                      {"name": d.name, "vocab_size": d.vocab_size, "seq_len": d.seq_len,
+                       "test_subset": "balanced: the first half of test_size rows of each label, in file order",
+                       "train_size": len(d.y_train), "test_size": len(d.y_test)})
 
 
-def _build_transformer(size: TransformerSize, task: Task) -> nn.Module:
+def _build_transformer(size: TransformerSize, loaded: LoadedData) -> nn.Module:
     # the vocabulary the tokenizer actually learned (fewer ids on small data)
-    return Transformer(replace(size, vocab_size=task.info.get("vocab_size", size.vocab_size)))
+    return Transformer(replace(size, vocab_size=loaded.info.get("vocab_size", size.vocab_size)))
 
 
 ARCHS: dict[str, Arch] = {
     "cnn": Arch(
-        "cnn", load=_load_cifar, build=lambda size, task: CNN(), inputs=_cifar_inputs, reference_size=CNN_SIZE,
+        "cnn", load=_load_cifar, build=lambda size, loaded: CNN(), inputs=_cifar_inputs, reference_size=CNN_SIZE,
         data="cifar10",
         training={
             "smoke": Training(steps=3, batch_size=16, train_size=256, test_size=64, eval_batch_size=64),

@@ -175,3 +175,12 @@ def locked(path: str | os.PathLike, wait_s: float | None = None,
         yield Lock(path, previous)
     finally:
         os.close(fd)  # releases the flock
+
+
+def read_json(path: str | os.PathLike, what: str):
+    """The JSON value in ``path``; ValueError ``{what} {path}: cannot read it as JSON (why)`` when the file cannot
+    be read or is not JSON (a caller adds its fix: ``raise ValueError(f"{e}; rerun the grid")``)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{what} {path}: cannot read it as JSON ({e})") from e

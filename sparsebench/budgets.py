@@ -50,9 +50,9 @@ class Budget:
 
 BUDGETS: dict[str, Budget] = {
     "smoke": Budget("smoke", timing_steps=2, memory_steps=1),  # unit tests: seconds per cell
-    "ci": Budget("ci", timing_steps=5, memory_steps=2),  # CI gating on 2 CPU cores: the default grid in ~15 min
+    "ci": Budget("ci", timing_steps=5, memory_steps=2),  # CI gating on 2 CPU cores
     "full": Budget("full", timing_steps=20, memory_steps=3, device="cuda"),  # the reference experiment, on a GPU
-    # the seed's model sizes for a few steps: time and memory at the real size in minutes, not accuracy
+    # the reference model sizes for a few steps: time and memory at the real size, not accuracy
     "reference": Budget("reference", timing_steps=3, memory_steps=2),
 }
 

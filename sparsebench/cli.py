@@ -7,60 +7,18 @@ output) ends in one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-import tempfile
 from pathlib import Path
+
+from .arguments import UsageError, layer_list, positive_seconds, seed_value, writable_dir
 
 EXIT_REGRESSION = 1  # the gate found a regression
 EXIT_USAGE = 2  # the user asked for something that cannot be done as asked
 
 
-class UsageError(Exception):
-    pass
-
-
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not usage + traceback
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
-
-
-def writable_dir(path: Path) -> Path:
-    """Fail before hours of training, not after: create ``path`` and prove a file can be written there."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise UsageError(f"cannot write to {path}: {err.strerror or err}") from None
-    return path
-
-
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
-    return value
-
-
-def seed_value(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {text}")
-    return value
-
-
-def layer_list(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("name at least one layer, e.g. --keep-dense fc1 or --keep-dense conv2,fc1")
-    return names
 
 
 def add_cell_options(p: argparse.ArgumentParser) -> None:
@@ -161,6 +119,14 @@ def budget_of(args):
     return budget.with_seconds(args.seconds) if args.seconds is not None else budget
 
 
+def settings_of(args):
+    """The RunSettings of ``add_cell_options``' arguments: built here once, passed down as one value."""
+    from .settings import RunSettings
+
+    return RunSettings(seed=args.seed, data_dir=args.data_dir, device=args.device, progress=not args.quiet,
+                       keep_dense=args.keep_dense or ())
+
+
 def cmd_run(args) -> int:
     from .cell import Cell
     from .grid import preflight, run_one
@@ -171,9 +137,9 @@ def cmd_run(args) -> int:
     if args.out.is_dir():
         raise UsageError(f"--out {args.out} is a directory; name the result file, e.g. {args.out / 'result.json'}")
     writable_dir(args.out.resolve().parent)
-    preflight([cell], budget, args.data_dir, args.device, args.keep_dense)
-    result = run_one(cell, budget, None, args.seed, args.data_dir, args.device, not args.quiet,
-                     keep_dense=args.keep_dense)
+    settings = settings_of(args)
+    preflight([cell], budget, settings)
+    result = run_one(cell, budget, None, settings)
     write_json_atomic(args.out, result.to_dict())
     if result.ok:
         print(f"{cell}: accuracy {result.accuracy:.4f}, train {result.train_time_s:.1f} s, "
@@ -193,8 +159,7 @@ def cmd_grid(args) -> int:
     writable_dir(args.out)
     executor = executor_of(args)  # ray missing: one line, before anything runs
     try:
-        run_grid(cells, budget, args.out, args.seed, args.data_dir, args.device, not args.quiet, force=args.force,
-                 keep_dense=args.keep_dense, executor=executor)
+        run_grid(cells, budget, args.out, settings_of(args), force=args.force, executor=executor)
     finally:
         executor.close()
     print(build_report(args.out))
@@ -221,7 +186,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_baselines(args) -> int:
-    from .gate import update_baselines
+    from .baselines import update_baselines
     from .grid import default_cells
 
     for line in update_baselines(args.results, args.baselines, args.budget, default_cells(args.archs, args.schemes)):
@@ -245,9 +210,9 @@ COMMANDS = {"run": cmd_run, "grid": cmd_grid, "report": cmd_report, "check": cmd
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .baselines import BaselineError
     from .data import DataNotFound
     from .executors import ExecutorUnavailable
-    from .gate import BaselineError
     from .grid import ResultsLocked
     from .kernels import KernelsUnavailable
 

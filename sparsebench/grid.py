@@ -21,7 +21,6 @@ the reason; a rerun runs it again.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import time
@@ -29,12 +28,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 
-from .atomic import clean_orphans, write_json_atomic
+from .atomic import Locked, clean_orphans, locked, read_json, write_json_atomic
 from .budgets import Budget
 from .cell import Cell, cells
 from .executors import SerialExecutor, Task
 from .representations import RepresentationUnavailable
 from .results import Result, read_result, write_result
+from .settings import RunSettings
 
 DEFAULT_ARCHS = ("cnn", "transformer")
 DEFAULT_SCHEMES = (
@@ -59,85 +59,60 @@ class ResultsLocked(Exception):
 
 @contextlib.contextmanager
 def results_lock(out_dir: str | Path):
-    """Hold ``OUT/.sparsebench.lock`` (an flock, with the owner's pid in it) while a grid writes ``out_dir``;
-    a second writer gets ResultsLocked. The kernel drops the lock when its owner dies: never stale."""
-    import fcntl
-
+    """Hold ``OUT/.sparsebench.lock`` (``atomic.locked``: an flock, with the owner's pid in it) while a grid writes
+    ``out_dir``; a second writer gets ResultsLocked. The kernel drops the lock when its owner dies: never stale."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise ResultsLocked(f"results directory {out_dir} is being written by another sparsebench (pid {owner}); "
-                            f"wait for it to finish or choose another --out") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(locked(out_dir / LOCK, wait_s=0))
+        except Locked as busy:
+            raise ResultsLocked(f"results directory {out_dir} is being written by another sparsebench "
+                                f"(pid {busy.owner or 'unknown'}); wait for it to finish or choose another --out"
+                                ) from None
         yield
-    finally:
-        os.close(fd)
 
 
-def preflight(grid: list[Cell], budget: Budget, data_dir=None, device: str | None = None, keep_dense=None) -> None:
+def preflight(grid: list[Cell], budget: Budget, settings: RunSettings | None = None) -> None:
     """Fail before any training: the device exists, every architecture's data is present, and every
-    scheme is valid for every pruned layer of every architecture (checked on a model built on the meta
-    device, so nothing is allocated). ValueError / DataNotFound with one line."""
+    scheme is valid for every pruned layer of every architecture (``sparsify.check_scheme`` on a model
+    built on the meta device, so nothing is allocated). ValueError / DataNotFound with one line."""
     import torch
 
     from .archs import get_arch
     from .data import HUB_ENV, resolve_data_dir
-    from .patterns import as_matrix
-    from .representations import REPRESENTATIONS
-    from .sparsify import POLICIES, prunable_layers
-    from .train import dense_layers
+    from .sparsify import LayerRefused, check_scheme, dense_layers
 
-    if device not in (None, "cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}; use cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
+    settings = settings or RunSettings()
+    if settings.device == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device cuda: CUDA is not available on this machine (torch {torch.__version__}); "
                          f"use --device cpu")
     archs = {c.arch: get_arch(c.arch) for c in grid}
     if os.environ.get(HUB_ENV) != "1":
-        resolve_data_dir(data_dir, names=sorted({a.data for a in archs.values() if a.data}))
+        resolve_data_dir(settings.data_dir, names=sorted({a.data for a in archs.values() if a.data}))
     for name, arch in archs.items():
         arch.training_for(budget)  # a budget without settings for this arch
         with torch.device("meta"):
-            model = arch.build(arch.size_for(budget), _NoTask())
-        kept = dense_layers(model, keep_dense)
+            model = arch.build(arch.size_for(budget), _NoData())
+        kept = dense_layers(model, settings.keep_dense)
         for cell in (c for c in grid if c.arch == name):
-            scheme = cell.scheme
-            if not scheme.pattern.sparse:
-                continue
             try:
-                layers = prunable_layers(model, kept)
-            except ValueError as e:
+                check_scheme(model, cell.scheme, kept)
+            except RepresentationUnavailable:
+                pass  # this machine cannot run it: the cell is written as skipped, with the reason
+            except LayerRefused as e:
+                raise ValueError(f"{cell}: {e} (command line: --keep-dense {e.layer})") from None
+            except ValueError as e:  # keep_dense names a layer the model does not have
                 raise ValueError(f"{cell}: --keep-dense: {e}") from None
-            for layer_name, layer in layers:
-                hint = f" (command line: --keep-dense {layer_name})"
-                if isinstance(layer, torch.nn.Conv2d) and layer.groups != 1:
-                    raise ValueError(f"{cell}: layer {layer_name!r} is a grouped convolution; leave it dense{hint}")
-                shape2d = tuple(as_matrix(layer.weight).shape)
-                try:
-                    scheme.pattern.check_shape(shape2d, layer_name)
-                    if scheme.representation not in POLICIES:
-                        REPRESENTATIONS[scheme.representation].check_layer(scheme, shape2d, layer_name)
-                except RepresentationUnavailable:
-                    pass  # this machine cannot run it: the cell is written as skipped, with the reason
-                except ValueError as e:
-                    raise ValueError(f"{cell}: {e}{hint}") from None
 
 
-class _NoTask:
-    """What a model builder may read of a task before the data is loaded (the reference sizes apply)."""
+class _NoData:
+    """What a model builder may read of the loaded data before it is loaded (the reference sizes apply)."""
 
     info: dict = {}
 
 
-def reusable(cell: Cell, out_dir: str | Path, budget: Budget, seed: int, keep_dense=None) -> Result | None:
+def reusable(cell: Cell, out_dir: str | Path, budget: Budget, settings: RunSettings) -> Result | None:
     """The cell's document already in ``out_dir`` when it is complete and was made with the same budget
     settings, seed and scheme (and kept layers); else None (the cell runs again)."""
     from .archs import get_arch
@@ -151,12 +126,12 @@ def reusable(cell: Cell, out_dir: str | Path, budget: Budget, seed: int, keep_de
         return None  # unreadable: run it again and overwrite it
     if result is None or not result.ok or (result.arch, result.scheme) != (cell.arch, str(cell.scheme)):
         return None
-    settings = dict(result.budget_settings)
-    arch_training = settings.pop("arch_training", None)
-    settings.pop("arch_steps", None)
-    same = (result.budget == budget.name and result.seed == seed and settings == budget.settings()
+    recorded = dict(result.budget_settings)
+    arch_training = recorded.pop("arch_training", None)
+    recorded.pop("arch_steps", None)
+    same = (result.budget == budget.name and result.seed == settings.seed and recorded == budget.settings()
             and arch_training == asdict(get_arch(cell.arch).training_for(budget))
-            and result.model.get("keep_dense") == (sorted(keep_dense) if keep_dense else None))
+            and result.model.get("keep_dense") == (list(settings.keep_dense) or None))
     return result if same else None
 
 
@@ -175,20 +150,24 @@ def read_manifest(results_dir: str | Path) -> list[Cell] | None:
     if not path.is_file():
         return None
     try:
-        return [Cell.parse(arch, scheme) for arch, scheme in json.loads(path.read_text(encoding="utf-8"))["cells"]]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"grid manifest {path} is unreadable ({e}); rerun the grid") from e
+        doc = read_json(path, "grid manifest")
+    except ValueError as e:
+        raise ValueError(f"{e}; rerun the grid") from e
+    try:
+        return [Cell.parse(arch, scheme) for arch, scheme in doc["cells"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"grid manifest {path} does not list its cells as [arch, scheme] ({e}); rerun the grid") from e
 
 
-def run_one(cell: Cell, budget: Budget, out_dir: str | Path | None = None, seed: int = 0, data_dir=None,
-            device=None, progress: bool = True, train: Callable | None = None, keep_dense=None) -> Result:
-    """Run a cell and (with ``out_dir``) write its document. A representation this machine cannot run
-    gives a 'skipped' result with the reason. ``train(run)`` replaces ``run.fresh(); run.train()``
-    (the benchmark suite times the training through it)."""
+def run_one(cell: Cell, budget: Budget, out_dir: str | Path | None = None, settings: RunSettings | None = None,
+            train: Callable | None = None) -> Result:
+    """Run a cell under ``settings`` (default: ``RunSettings()``) and (with ``out_dir``) write its document. A
+    representation this machine cannot run gives a 'skipped' result with the reason. ``train(run)`` replaces
+    ``run.fresh(); run.train()`` (the benchmark suite times the training through it)."""
     from .train import CellRun  # late: torch-heavy, only when a cell runs
 
     try:
-        run = CellRun(cell, budget, seed, data_dir, device, progress, keep_dense)
+        run = CellRun(cell, budget, settings)
         if train is None:
             run.fresh()
             run.train()
@@ -209,37 +188,37 @@ def cell_resources(budget: Budget, device: str | None = None, cpus: int = TASK_C
     return cpus, gpus
 
 
-def run_cell(cell: Cell, budget: Budget, seed: int = 0, data_dir=None, device=None, progress: bool = False,
-             keep_dense=None) -> Result:
+def run_cell(cell: Cell, budget: Budget, settings: RunSettings) -> Result:
     """One grid task: run the cell and return its Result (skipped with the reason where this machine cannot run
     it), writing nothing; the driver writes it. Module-level, so a Ray worker can import it."""
-    return run_one(cell, budget, None, seed, data_dir, device, progress, keep_dense=keep_dense)
+    return run_one(cell, budget, None, settings)
 
 
-def run_grid(grid: list[Cell], budget: Budget, out_dir: str | Path, seed: int = 0, data_dir=None, device=None,
-             progress: bool = True, force: bool = False, keep_dense=None, executor=None,
-             cell_fn: Callable[..., Result] | None = None) -> list[Result]:
+def run_grid(grid: list[Cell], budget: Budget, out_dir: str | Path, settings: RunSettings | None = None,
+             force: bool = False, executor=None, cell_fn: Callable[..., Result] | None = None) -> list[Result]:
     """Check every cell (``preflight``), then run them under the directory's lock through ``executor`` (default:
     serial, in this process), keeping the cells a previous run already wrote with the same settings unless
     ``force``. ``cell_fn`` replaces ``run_cell`` (a module-level function with its signature; tests)."""
-    preflight(grid, budget, data_dir, device, keep_dense)
+    settings = settings or RunSettings()
+    preflight(grid, budget, settings)
     with results_lock(out_dir):
         clean_orphans(out_dir, older_than_s=0)  # we hold the lock: every temp file is a dead writer's
         write_manifest(out_dir, budget, grid)
-        return _run_cells(grid, budget, out_dir, seed, data_dir, device, progress, force, keep_dense,
-                          executor or SerialExecutor(), cell_fn or run_cell)
+        return _run_cells(grid, budget, out_dir, settings, force, executor or SerialExecutor(), cell_fn or run_cell)
 
 
-def _run_cells(grid, budget, out_dir, seed, data_dir, device, progress, force, keep_dense, executor,
-               cell_fn) -> list[Result]:
+def _run_cells(grid, budget, out_dir, settings: RunSettings, force, executor, cell_fn) -> list[Result]:
     done: dict[str, Result] = {}
     todo: dict[str, tuple[int, Cell]] = {}
     tasks, start = [], time.perf_counter()
-    cpus, gpus = cell_resources(budget, device)
+    cpus, gpus = cell_resources(budget, settings.device)
+    progress = settings.progress
+    # in this process the cell shows its own progress; on a cluster the executor's counts do
+    task_settings = settings.but(progress=progress and isinstance(executor, SerialExecutor))
     for i, cell in enumerate(grid, 1):
         if cell.id in done or cell.id in todo:
             continue  # the same cell twice: one document
-        kept = None if force else reusable(cell, out_dir, budget, seed, keep_dense)
+        kept = None if force else reusable(cell, out_dir, budget, settings)
         if kept is not None:
             done[cell.id] = kept
             if progress:
@@ -247,10 +226,7 @@ def _run_cells(grid, budget, out_dir, seed, data_dir, device, progress, force, k
                       f"({cell.path(out_dir)}; --force reruns it)", file=sys.stderr, flush=True)
             continue
         todo[cell.id] = (i, cell)
-        # in this process the cell shows its own progress; on a cluster the executor's counts do
-        kwargs = {"seed": seed, "data_dir": data_dir, "device": device, "keep_dense": keep_dense,
-                  "progress": progress and isinstance(executor, SerialExecutor)}
-        tasks.append(Task(cell.id, cell_fn, (cell, budget), kwargs, cpus=cpus, gpus=gpus))
+        tasks.append(Task(cell.id, cell_fn, (cell, budget, task_settings), cpus=cpus, gpus=gpus))
     t0 = time.perf_counter()
     for outcome in executor.run(tasks):
         i, cell = todo[outcome.task.key]

@@ -3,7 +3,7 @@ cache sizes), the cache directory, and the machine class that time baselines bel
 
 A CPU's marketing name does not tell machines apart ("AMD EPYC" covers AVX2-only and AVX-512
 parts), so the class is built from the numbers and flags the kernel reports. Library core: this
-module imports nothing from the harness and does not import torch.
+module imports nothing from the harness, and torch only inside ``this_machine``.
 """
 
 from __future__ import annotations
@@ -103,6 +103,17 @@ def fingerprint(kernel_variant: str, threads: int, torch_version: str, device: s
     """Everything that decides a time ratio: CPU identity, kernel variant, threads, torch, device."""
     return {"cpu": cpu_identity(), "kernel_variant": kernel_variant, "threads": int(threads),
             "torch": torch_version, "device": device, "gpu": gpu}
+
+
+def this_machine(kernel_variant: str, device=None) -> tuple[dict, str]:
+    """This process's fingerprint (kernel variant, torch threads and version, device and GPU name) and its
+    machine class: the one place both are computed, for result documents and for ``auto``'s cache."""
+    import torch  # late: this module's CPU identity is read without torch
+
+    device = torch.device(device or "cpu")
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    fp = fingerprint(kernel_variant, torch.get_num_threads(), torch.__version__, device.type, gpu)
+    return fp, machine_class(fp)
 
 
 def machine_class(fp: dict) -> str:

@@ -39,13 +39,19 @@ def peak_memory(training_pass: Callable[[], None], device: torch.device) -> tupl
         base = torch.cuda.memory_allocated(device)
         training_pass()
         return torch.cuda.max_memory_allocated(device) - base, "cuda.max_memory_allocated"
+    return peak_heap(training_pass), "memray.peak_heap"
+
+
+def peak_heap(fn: Callable[[], object]) -> int:
+    """memray's peak heap, in bytes, while ``fn()`` runs: the most of what it allocated that was live at once
+    (what was allocated before it started is not counted)."""
     import memray
 
     with tempfile.TemporaryDirectory() as tmp:
         capture = Path(tmp) / "peak.bin"
         with memray.Tracker(capture, native_traces=False, follow_fork=False):
-            training_pass()
-        return int(memray.FileReader(capture).metadata.peak_memory), "memray.peak_heap"
+            fn()
+        return int(memray.FileReader(capture).metadata.peak_memory)
 
 
 def saved_size(model: nn.Module) -> int:
@@ -112,31 +118,27 @@ def kernel_variant() -> tuple[str, bool]:
     """The sparse-kernel variant that runs here, and whether it was forced ($SPARSEBENCH_CPU_ISA)."""
     from . import kernels
 
-    variant = getattr(kernels, "variant", lambda: "native")()
-    forced = getattr(kernels, "variant_forced", lambda: False)()
-    return variant, bool(forced)
+    return kernels.variant(), kernels.variant_forced()
 
 
 def environment(device: torch.device) -> dict:
     """Where a result was measured; ``machine`` is the fingerprint whose class its time baselines belong to."""
     variant, forced = kernel_variant()
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    threads = torch.get_num_threads()
     # the CPU's identity is in the fingerprint, so a variant forced here is never the class of that
     # variant native on another CPU
-    fp = machine.fingerprint(variant, threads, torch.__version__, device.type, gpu)
+    fp, machine_class = machine.this_machine(variant, device)
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": device.type,
-        "threads": threads,
+        "threads": fp["threads"],
         "cpu": machine.cpu_name(),
-        "gpu": gpu,
+        "gpu": fp["gpu"],
         "commit": git_commit(),
         "platform": platform.platform(),
         "kernel_variant": variant,
         "kernel_variant_forced": forced,
         "allocator": allocator.state(),
         "machine": fp,
-        "machine_class": machine.machine_class(fp),
+        "machine_class": machine_class,
     }

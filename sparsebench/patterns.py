@@ -136,8 +136,29 @@ def _keep_largest(scores: torch.Tensor, n_zero: int) -> torch.Tensor:
     return mask.reshape(scores.shape)
 
 
+class _AnyShape:
+    """A pattern that fits every weight matrix."""
+
+    def check_shape(self, shape2d: tuple[int, int], layer: str) -> None:
+        pass
+
+
+class _Levelled:
+    """A pattern with a sparsity parameter ``sparsity``: its level, and the fraction it aims to zero."""
+
+    sparsity: float
+
+    @property
+    def level(self) -> float:
+        return float(self.sparsity)
+
+    @property
+    def target_sparsity(self) -> float:
+        return float(self.sparsity)
+
+
 @dataclass(frozen=True)
-class Dense:
+class Dense(_AnyShape):
     """No sparsity: the reference."""
 
     name: ClassVar[str] = "dense"
@@ -167,15 +188,12 @@ class Dense:
     def target_sparsity(self) -> float:
         return 0.0
 
-    def check_shape(self, shape2d: tuple[int, int], layer: str) -> None:
-        pass
-
     def make(self, w2d: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return _keep_largest(w2d.detach(), 0)
 
 
 @dataclass(frozen=True)
-class Random:
+class Random(_Levelled, _AnyShape):
     """Unstructured: a fraction ``sparsity`` of the weights zeroed, chosen uniformly from the seed."""
 
     sparsity: float
@@ -195,19 +213,8 @@ class Random:
         return self.name
 
     @property
-    def level(self) -> float:
-        return float(self.sparsity)
-
-    @property
     def slug(self) -> str:
         return f"{self.name}-{fmt(self.sparsity)}"
-
-    @property
-    def target_sparsity(self) -> float:
-        return float(self.sparsity)
-
-    def check_shape(self, shape2d: tuple[int, int], layer: str) -> None:
-        pass
 
     def make(self, w2d: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         import torch
@@ -228,7 +235,7 @@ class Magnitude(Random):
 
 
 @dataclass(frozen=True)
-class Block:
+class Block(_Levelled):
     """RxC blocks, each all kept or all zero; the fraction ``sparsity`` of blocks with the
     smallest L1 norm is zeroed (magnitude pruning at block granularity)."""
 
@@ -260,16 +267,8 @@ class Block:
         return f"block:{self.rows}x{self.cols}"
 
     @property
-    def level(self) -> float:
-        return float(self.sparsity)
-
-    @property
     def slug(self) -> str:
         return f"block{self.rows}x{self.cols}-{fmt(self.sparsity)}"
-
-    @property
-    def target_sparsity(self) -> float:
-        return float(self.sparsity)
 
     def check_shape(self, shape2d: tuple[int, int], layer: str) -> None:
         r, c = self.block

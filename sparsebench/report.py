@@ -14,7 +14,7 @@ from matplotlib.figure import Figure  # the object API: no pyplot, no global bac
 from tabulate import tabulate
 
 from .results import KiB, MiB, Result, is_finite, load_results
-from .schemes import parse_scheme
+from .schemes import DEFAULT_REPRESENTATION, parse_scheme
 
 PLOTS = ("accuracy_vs_sparsity.png", "accuracy_vs_train_time.png", "accuracy_vs_peak_memory.png")
 
@@ -40,10 +40,8 @@ def series_label(doc: Result) -> str:
     ``block:4x4:0.5@bsr`` -> ``block:4x4@bsr``; ``nm:2:4`` stays (it has no sparsity parameter).
     """
     scheme = parse_scheme(doc.scheme)
-    body, _, rep = doc.scheme.partition("@")
-    if scheme.pattern.level is not None:
-        body = body.rpartition(":")[0]  # the sparsity is a pattern's last parameter
-    return f"{body}@{rep}" if rep else body
+    family = scheme.pattern.family
+    return family if scheme.representation == DEFAULT_REPRESENTATION else f"{family}@{scheme.representation}"
 
 
 def _num(x, fmt: str, scale: float = 1.0):

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .patterns import Block, NM, Pattern, parse_pattern
+from .patterns import NM, Block, Pattern, parse_pattern
 
 DEFAULT_REPRESENTATION = "masked"
 

@@ -3,7 +3,9 @@
 By default every nn.Linear and nn.Conv2d weight is pruned except the model's first layer and its
 final classifier (the usual choice in the pruning literature). A model may name its own dense
 layers with a ``keep_dense`` attribute (e.g. the transformer's first layer is an embedding, so only
-its classifier stays dense); ``keep_dense=`` here overrides both.
+its classifier stays dense); ``keep_dense=`` here overrides both (``dense_layers`` says which they are).
+``check_scheme`` checks a scheme against every layer it would prune, before any is touched: sparsify runs it
+first, and the grid runs it on models built on the meta device before anything trains.
 
 Which representation stores a layer is the scheme's, or, for a selection policy (``auto``), the one
 the policy picks for that layer; either way the layer's ``sparse_weight.name`` says which.
@@ -26,19 +28,70 @@ from .schemes import Scheme, parse_scheme
 POLICIES = {"auto": auto.choose, "fastest": auto.choose}  # auto.choose reads which rule from the scheme
 
 
+def _weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
+
+
+def dense_layers(model: nn.Module, also: Iterable[str] = ()) -> set[str]:
+    """The layers a scheme leaves dense by default, plus ``also``: the model's ``keep_dense``, else its
+    first and last Linear/Conv2d (none when it has only one)."""
+    default = getattr(model, "keep_dense", None)
+    if default is None:
+        layers = [n for n, _ in _weight_layers(model)]
+        default = {layers[0], layers[-1]} if len(layers) > 1 else set()
+    return set(default) | set(also)
+
+
 def prunable_layers(model: nn.Module, keep_dense: Iterable[str] | None = None) -> list[tuple[str, nn.Module]]:
-    """(name, module) of the Linear/Conv2d layers that the scheme applies to, in model order."""
-    layers = [(n, m) for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
-    if keep_dense is None:
-        keep_dense = getattr(model, "keep_dense", None)
-    if keep_dense is None:
-        keep_dense = {layers[0][0], layers[-1][0]} if len(layers) > 1 else set()
-    keep_dense = set(keep_dense)
+    """(name, module) of the Linear/Conv2d layers that the scheme applies to, in model order: all but
+    ``keep_dense`` (default: ``dense_layers(model)``). ValueError when it names a layer the model lacks."""
+    layers = _weight_layers(model)
+    keep_dense = dense_layers(model) if keep_dense is None else set(keep_dense)
     unknown = keep_dense - {n for n, _ in layers}
     if unknown:
         raise ValueError(f"keep_dense names {sorted(unknown)}, which are not Linear/Conv2d layers of this model; "
                          f"its layers are {[n for n, _ in layers]}")
     return [(n, m) for n, m in layers if n not in keep_dense]
+
+
+class LayerRefused(ValueError):
+    """A scheme one layer cannot take; the message names the layer and the fix, ``layer`` is its name."""
+
+    def __init__(self, message: str, layer: str):
+        super().__init__(message)
+        self.layer = layer
+
+
+def check_scheme(model: nn.Module, scheme: Scheme | str,
+                 keep_dense: Iterable[str] | None = None) -> list[tuple[str, nn.Module]]:
+    """The layers ``scheme`` prunes in ``model`` (``prunable_layers``), each checked against it first: a grouped
+    convolution, a pattern that does not fit the layer's weight matrix, or a representation that cannot
+    serve it raises LayerRefused; a representation this machine cannot run raises RepresentationUnavailable.
+    A dense scheme prunes nothing (and checks nothing). Reads only shapes: a model on the meta device will do."""
+    scheme = parse_scheme(scheme)
+    if not scheme.pattern.sparse:
+        return []
+    layers = prunable_layers(model, keep_dense)
+    shapes = {}
+    for name, layer in layers:  # what the pattern needs, on every layer, before what this machine can run
+        if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+            raise LayerRefused(f"layer {name!r}: grouped convolutions (groups={layer.groups}) are not supported; "
+                               f"leave it dense with sparsify(..., keep_dense=[{name!r}, ...])", name)
+        shapes[name] = tuple(as_matrix(layer.weight).shape)
+        _refused_by(name, scheme.pattern.check_shape, shapes[name], name)
+    if scheme.representation not in POLICIES:  # a policy checks its candidates itself (masked serves every layer)
+        check_layer = REPRESENTATIONS[scheme.representation].check_layer
+        for name, _ in layers:
+            _refused_by(name, check_layer, scheme, shapes[name], name)
+    return layers
+
+
+def _refused_by(layer: str, check, *args) -> None:
+    """``check(*args)``, its ValueError raised again as LayerRefused (the same message) for ``layer``."""
+    try:
+        check(*args)
+    except ValueError as e:
+        raise LayerRefused(str(e), layer) from e
 
 
 def layer_seed(seed: int, name: str) -> int:
@@ -83,15 +136,7 @@ def sparsify(model: nn.Module, scheme: Scheme | str, seed: int = 0, keep_dense: 
     if not scheme.pattern.sparse:
         return model
     policy = POLICIES.get(scheme.representation)
-    layers = prunable_layers(model, keep_dense)
-    for name, layer in layers:
-        if isinstance(layer, nn.Conv2d) and layer.groups != 1:
-            raise ValueError(f"layer {name!r}: grouped convolutions (groups={layer.groups}) are not supported; "
-                             f"leave it dense with sparsify(..., keep_dense=[{name!r}, ...])")
-        shape2d = tuple(as_matrix(layer.weight).shape)
-        scheme.pattern.check_shape(shape2d, name)
-        if policy is None:  # a policy checks its candidates itself (masked serves every layer)
-            REPRESENTATIONS[scheme.representation].check_layer(scheme, shape2d, name)
+    layers = check_scheme(model, scheme, keep_dense)
     meta = [name for name, layer in layers if layer.weight.is_meta]
     if meta and policy is not None:
         raise ValueError(f"layers {meta} are on the meta device: '{scheme.representation}' times each layer's real "

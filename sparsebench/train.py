@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import allocator, timing
-from .archs import Task, get_arch
+from .archs import LoadedData, get_arch
 from .budgets import Budget, Training
 from .cell import Cell
 from .ledger import memory_ledger
@@ -29,21 +29,10 @@ from .measure import (
 )
 from .results import SCHEMA_VERSION, Result
 from .schemes import Scheme, parse_scheme
-from .sparsify import sparsify
+from .settings import RunSettings
+from .sparsify import dense_layers, sparsify
 
 DENSE = parse_scheme("dense")
-
-
-def dense_layers(model: nn.Module, extra=None) -> set[str] | None:
-    """The layers kept dense: the model's default ones (its ``keep_dense``, else its first and last
-    Linear/Conv2d) plus ``extra``; None (sparsify's default) when there is no extra."""
-    if not extra:
-        return None
-    default = getattr(model, "keep_dense", None)
-    if default is None:
-        layers = [n for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
-        default = {layers[0], layers[-1]} if len(layers) > 1 else set()
-    return set(default) | set(extra)
 
 
 def make_optimizer(model: nn.Module, training: Training) -> torch.optim.Optimizer:
@@ -113,20 +102,23 @@ class CellRun:
     loop, timed), ``measure()`` (evaluation and every other measurement; returns the Result).
     ``measure()`` reads the trained model and changes nothing, so it can be called again."""
 
-    def __init__(self, cell: Cell, budget: Budget, seed: int = 0, data_dir=None, device: str | None = None,
-                 progress: bool = True, keep_dense=None):
-        self.cell, self.budget, self.seed, self.progress = cell, budget, seed, progress
-        self.keep_dense = sorted(keep_dense) if keep_dense else None  # layers kept dense besides the default
+    def __init__(self, cell: Cell, budget: Budget, settings: RunSettings | None = None):
+        settings = settings or RunSettings()
+        self.cell, self.budget, self.settings = cell, budget, settings
         allocator.keep_freed_memory()  # before anything is allocated: dense and sparse alike (allocator.py)
         self.arch = get_arch(cell.arch)
         self.training = self.arch.training_for(budget)
         self.size = self.arch.size_for(budget)
-        self.device = torch.device(device or ("cuda" if budget.device == "cuda" and torch.cuda.is_available()
-                                              else "cpu"))
-        self.task: Task = self.arch.load(self.training, self.size, data_dir).to(self.device)
+        self.device = torch.device(settings.device or ("cuda" if budget.device == "cuda" and torch.cuda.is_available()
+                                                       else "cpu"))
+        self.task: LoadedData = self.arch.load(self.training, self.size, settings.data_dir).to(self.device)
         self.steps = self.training.total_steps(len(self.task.y_train))
         self.ready: Fresh | None = None  # set by fresh(), used up by train()
         self.trained: Trained | None = None  # set by train()
+
+    @property
+    def seed(self) -> int:
+        return self.settings.seed
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         idx = idx.to(self.device)
@@ -138,7 +130,7 @@ class CellRun:
         model = self.arch.build(self.size, self.task).to(self.device)
         example = self.arch.inputs(self.task.x_train[:self.training.batch_size])  # lets `auto` time real shapes
         return sparsify(model, scheme or self.cell.scheme, seed=self.seed, example_inputs=example,
-                        keep_dense=dense_layers(model, self.keep_dense))
+                        keep_dense=dense_layers(model, self.settings.keep_dense))
 
     def fresh(self) -> None:
         model = self.new_model()
@@ -153,7 +145,7 @@ class CellRun:
         run, self.ready = self.ready, None  # never train these weights again
         budget, losses = self.budget, []
         bar = tqdm(total=None if budget.seconds else self.steps, desc=str(self.cell), unit="step",
-                   disable=not self.progress, leave=False, dynamic_ncols=True)
+                   disable=not self.settings.progress, leave=False, dynamic_ncols=True)
         sync(self.device)
         start = time.perf_counter()
         while (time.perf_counter() - start < budget.seconds) if budget.seconds else len(losses) < self.steps:
@@ -198,9 +190,10 @@ class CellRun:
                                   lambda: train_step(sparse, sparse_opt, x, y), self.budget.timing_steps,
                                   syncer(self.device))
 
-    def memory_pass(self) -> None:
-        """A short training pass that allocates its own model and optimizer (for the peak-memory tracker)."""
-        model = self.new_model()
+    def memory_pass(self, scheme: Scheme | None = None) -> None:
+        """A short training pass of a fresh ``scheme`` model (default: the cell's) that allocates its own model
+        and optimizer: what ``peak_memory`` measures."""
+        model = self.new_model(scheme)
         optimizer = make_optimizer(model, self.training)
         batches = Batches(len(self.task.y_train), self.training.batch_size, self.seed)
         for _ in range(self.budget.memory_steps):
@@ -223,8 +216,8 @@ class CellRun:
             target_sparsity=cell.scheme.target_sparsity,
             budget_settings=budget.settings() | {"arch_training": asdict(self.training), "arch_steps": self.steps},
             seed=self.seed, dataset=task.info,
-            model=self.arch.describe(trained.model, self.size) | ({"keep_dense": self.keep_dense} if self.keep_dense
-                                                                 else {}),
+            model=self.arch.describe(trained.model, self.size) | ({"keep_dense": list(self.settings.keep_dense)}
+                                                                 if self.settings.keep_dense else {}),
             accuracy=accuracy,
             final_loss=float(trained.losses[-20:].mean()),  # mean of the last 20 steps: one batch is noisy
             train_time_s=trained.seconds, steps=steps, samples=steps * trained.batch_size,
@@ -241,12 +234,3 @@ class CellRun:
                           "scheme_median": statistics.median(scheme_times)},
             env=environment(self.device),
         )
-
-
-def run_cell(cell: Cell, budget: Budget, seed: int = 0, data_dir=None, device: str | None = None,
-             progress: bool = True) -> Result:
-    """Train one cell under ``budget`` and measure it (SPEC §2)."""
-    run = CellRun(cell, budget, seed, data_dir, device, progress)
-    run.fresh()
-    run.train()
-    return run.measure()

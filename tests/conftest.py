@@ -53,6 +53,14 @@ def tiny_data_dir(tmp_path_factory):
     return write_tiny_datasets(tmp_path_factory.mktemp("data"))
 
 
+@pytest.fixture(scope="session")
+def tiny_settings(tiny_data_dir):
+    """The RunSettings of a test run: the tiny data, seed 0, no progress bars."""
+    from sparsebench.settings import RunSettings
+
+    return RunSettings(data_dir=tiny_data_dir, progress=False)
+
+
 @pytest.fixture
 def isolated_cache(tmp_path, monkeypatch):
     """Point sparsebench's cache at a temp dir, so tests never touch ~/.cache."""

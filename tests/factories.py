@@ -31,7 +31,7 @@ def result_fields(arch: str = "cnn", scheme: str = "dense", **overrides) -> dict
     target = s.target_sparsity
     fields = {
         "schema_version": SCHEMA_VERSION, "status": "ok", "arch": arch, "scheme": str(s), "slug": s.slug,
-        "pattern": s.pattern, "representation": s.representation, "target_sparsity": target,
+        "pattern": s.pattern.name, "representation": s.representation, "target_sparsity": target,
         "budget": "ci", "budget_settings": {}, "seed": 0, "dataset": {}, "model": {},
         "accuracy": round(0.7 - target / 5, 6), "final_loss": 1.0, "train_time_s": 10.0 + 20 * target, "steps": 10,
         "samples": 640, "step_time_s": 1.0, "inference_time_s": 1.0, "inference_samples_per_s": 1234.5,
@@ -55,3 +55,41 @@ def make_result(arch: str = "cnn", scheme: str = "dense", **overrides) -> Result
 def make_doc(arch: str = "cnn", scheme: str = "dense", **overrides) -> dict:
     """The same as a JSON document, not validated: for tests of what reading refuses."""
     return {k: v for k, v in result_fields(arch, scheme, **overrides).items() if v is not None}
+
+
+# --- results directories of made-up results, and where their baselines go ---------------------------------------
+
+RUN_CELLS = [("cnn", "dense"), ("cnn", "random:0.5@csr"), ("cnn", "block:4x4:0.5@bsr"), ("transformer", "dense")]
+
+
+def run_cells(pairs=RUN_CELLS) -> list:
+    """``(arch, scheme)`` pairs as grid cells."""
+    from sparsebench.cell import Cell
+
+    return [Cell.parse(arch, scheme) for arch, scheme in pairs]
+
+
+def write_run(directory, pairs=RUN_CELLS, **overrides):
+    """Write one ok result per ``(arch, scheme)`` of ``pairs`` into ``directory`` (any field overridden)."""
+    from sparsebench.results import write_result
+
+    for arch, scheme in pairs:
+        write_result(directory, make_result(arch, scheme, **overrides))
+    return directory
+
+
+def ci_baseline_path(root, arch: str, slug: str, machine_class: str = MACHINE_CLASS):
+    """The file of one cell's ``ci`` baseline under ``root``."""
+    from sparsebench.baselines import baseline_path
+
+    return baseline_path(root, "ci", machine_class, arch, slug)
+
+
+def write_baselined_run(directory):
+    """A run under ``directory/run`` and the ``ci`` baselines made from it under ``directory/baselines``:
+    (results dir, baselines root)."""
+    from sparsebench.baselines import update_baselines
+
+    run, root = write_run(directory / "run"), directory / "baselines"
+    update_baselines(run, root, "ci")
+    return run, root

@@ -1,8 +1,11 @@
-"""data.py on tiny parquet files written here in the hub schema; never the shared data, never the network."""
+"""The data package (locate, cache, cifar10, imdb) on tiny parquet files written here in the hub schema; never the
+shared data, never the network. Faults: a corrupt cache entry is named, discarded and rebuilt; bad source labels
+are refused before anything is cached."""
 
 import io
 import json
 import os
+import shutil
 import socket
 
 import numpy as np
@@ -13,7 +16,8 @@ import torch
 from PIL import Image
 
 from sparsebench import data
-from sparsebench.data import DataNotFound, load_cifar10, load_imdb, resolve_data_dir
+from sparsebench.atomic import Locked, locked
+from sparsebench.data import DataNotFound, cifar10, imdb, load_cifar10, load_imdb, locate, resolve_data_dir
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR_FEATURES = {"img": {"_type": "Image"}, "label": {"names": CLASSES, "_type": "ClassLabel"}}
@@ -77,7 +81,7 @@ def sample(tmp_path_factory):
 def isolated(monkeypatch, tmp_path):
     """No network, no settings from the caller's environment, and no cache in the home directory."""
     def refuse(*args, **kwargs):
-        raise AssertionError("data.py tried to open a network connection")
+        raise AssertionError("sparsebench.data tried to open a network connection")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     for var in (data.DATA_ENV, data.HUB_ENV):
@@ -92,7 +96,7 @@ def forbid_loading(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    for target, name in ((datasets, "load_dataset"), (data, "_decode_images"), (data, "_train_tokenizer")):
+    for target, name in ((datasets, "load_dataset"), (cifar10, "_decode_images"), (imdb, "_train_tokenizer")):
         monkeypatch.setattr(target, name, fail)
 
 
@@ -186,7 +190,7 @@ def test_imdb_balanced_test_subset(sample, tmp_path):
 def test_imdb_caches_tokenizer_and_ids(sample, tmp_path, monkeypatch):
     root, _ = sample
     first = load_imdb(root, cache_dir=tmp_path, vocab_size=300, seq_len=SEQ_LEN)
-    monkeypatch.setattr(data, "_train_tokenizer", lambda *a: pytest.fail("tokenizer trained twice"))
+    monkeypatch.setattr(imdb, "_train_tokenizer", lambda *a: pytest.fail("tokenizer trained twice"))
     longer = load_imdb(root, cache_dir=tmp_path, vocab_size=300, seq_len=2 * SEQ_LEN)  # same tokenizer, new ids
     assert torch.equal(longer.x_train[:, :SEQ_LEN], first.x_train)
     forbid_loading(monkeypatch)
@@ -211,7 +215,7 @@ def test_env_var_and_defaults_are_reported(tmp_path, monkeypatch):
     assert str(empty) in str(err.value) and "$SPARSEBENCH_DATA_DIR" in str(err.value)
     # without the variable: beside the repository, then relative to the working directory (both in tmp_path here)
     monkeypatch.delenv(data.DATA_ENV)
-    monkeypatch.setattr(data, "__file__", str(tmp_path / "repo" / "sparsebench" / "data.py"))
+    monkeypatch.setattr(locate, "__file__", str(tmp_path / "repo" / "sparsebench" / "data" / "locate.py"))
     (tmp_path / "work" / "dir").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "work" / "dir")
     with pytest.raises(DataNotFound) as err:
@@ -258,3 +262,94 @@ def test_hub_only_when_asked(sample, tmp_path, monkeypatch):
     d = load_cifar10(cache_dir=tmp_path)
     assert calls == ["uoft-cs/cifar10"]
     assert np.array_equal(d.x_train.permute(0, 2, 3, 1).numpy(), written["pixels"]["train"])
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imdb"])
+def test_the_cache_is_built_holding_its_lock(sample, tmp_path, monkeypatch, name):
+    """Building takes atomic.locked on <cache>/<name>.lock (pid inside), so another loader would wait for it."""
+    root, _ = sample
+    module, step = (cifar10, "_decode_images") if name == "cifar10" else (imdb, "_train_tokenizer")
+    real, seen = getattr(module, step), []
+
+    def probe(*args):
+        with pytest.raises(Locked) as held:
+            with locked(tmp_path / f"{name}.lock", wait_s=0):
+                pass
+        seen.append(held.value.owner)
+        return real(*args)
+
+    monkeypatch.setattr(module, step, probe)
+    load = load_cifar10 if name == "cifar10" else lambda *a: load_imdb(*a, vocab_size=300, seq_len=SEQ_LEN)
+    load(root, tmp_path)
+    assert seen and set(seen) == {os.getpid()}
+
+
+# --- faults: corrupt cache entries, bad labels in the source ------------------------------------------------
+
+def corrupt(path, how):
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:
+        path.write_bytes(b"\x80\x04garbage that is no pickle and no zip" * 10)
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "garbage"])
+def test_corrupt_cifar_cache_is_named_discarded_and_rebuilt(sample, tmp_path, capsys, how):
+    root, _ = sample
+    first = load_cifar10(root, tmp_path)
+    (entry,) = tmp_path.glob("cifar10-*.pt")
+    corrupt(entry, how)
+    capsys.readouterr()
+    again = load_cifar10(root, tmp_path)
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if "corrupt" in x)
+    assert str(entry) in line and "discarding it and rebuilding" in line and "weights_only" not in line
+    assert torch.equal(first.x_train, again.x_train) and torch.equal(first.y_test, again.y_test)
+    load_cifar10(root, tmp_path)  # rebuilt: the next load is quiet
+    assert "corrupt" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage"])
+def test_corrupt_imdb_cache_and_tokenizer_are_rebuilt(sample, tmp_path, capsys, how):
+    root, _ = sample
+    kw = dict(vocab_size=128, seq_len=SEQ_LEN)
+    first = load_imdb(root, tmp_path, **kw)
+    (entry,) = tmp_path.glob("imdb-*.pt")
+    (tok,) = tmp_path.glob("imdb-tokenizer-*.json")
+    corrupt(entry, how)
+    corrupt(tok, how)
+    capsys.readouterr()
+    again = load_imdb(root, tmp_path, **kw)
+    err = capsys.readouterr().err
+    assert str(entry) in err and str(tok) in err
+    assert torch.equal(first.x_train, again.x_train) and first.vocab_size == again.vocab_size
+
+
+def test_cache_with_labels_out_of_range_is_rebuilt(sample, tmp_path, capsys):
+    root, _ = sample
+    load_cifar10(root, tmp_path)
+    (entry,) = tmp_path.glob("cifar10-*.pt")
+    t = torch.load(entry, weights_only=True)
+    t["y_train"][0] = 42
+    torch.save(t, entry)
+    assert int(load_cifar10(root, tmp_path).y_train.max()) < 10
+    assert "outside 0..9" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, bad", [("cifar10", 12), ("cifar10", -1), ("imdb", 2)])
+def test_bad_labels_in_the_source_are_refused_naming_the_file(sample, tmp_path, name, bad):
+    src = tmp_path / "data"
+    shutil.copytree(sample[0], src)
+    path = src / name / "train.parquet"
+    table = pq.read_table(path)
+    labels = table.column("label").to_pylist()
+    labels[3] = bad
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels, pa.int64())),
+                   path)
+    load = load_cifar10 if name == "cifar10" else load_imdb
+    with pytest.raises(ValueError, match=f"train.parquet: label {bad} in row 3 is outside") as e:
+        load(src, tmp_path / "cache")
+    assert str(path.resolve()) in str(e.value) and "\n" not in str(e.value)
+    assert not list((tmp_path / "cache").glob("*.pt"))  # nothing cached

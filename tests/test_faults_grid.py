@@ -1,9 +1,10 @@
-"""Fault injection on the command line and the grid (issue 13): bad arguments end in one line before any
+"""Fault injection on the command line and the grid: bad arguments end in one line before any
 training, a grid checks every cell before the first trains, an interrupted grid resumes, and a results
 directory has one writer. Training is replaced by a fake that writes a valid document, so these are fast."""
 
 import shutil
 from dataclasses import asdict
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +15,9 @@ from sparsebench.archs import get_arch
 from sparsebench.budgets import BUDGETS
 from sparsebench.cell import Cell
 from sparsebench.cli import main
-from sparsebench.results import write_result
+from sparsebench.results import read_result, write_result
+from sparsebench.settings import RunSettings
+from sparsebench.sparsify import LayerRefused, check_scheme
 
 SMOKE = BUDGETS["smoke"]
 
@@ -24,13 +27,14 @@ def fake_training(monkeypatch):
     """grid.run_one writes a valid smoke document instead of training; returns the cells it ran."""
     ran = []
 
-    def fake(cell, budget, out_dir=None, seed=0, data_dir=None, device=None, progress=True, train=None,
-             keep_dense=None):
+    def fake(cell, budget, out_dir=None, settings=None, train=None):
         ran.append(str(cell))
         training = get_arch(cell.arch).training_for(budget)
-        result = make_result(cell.arch, str(cell.scheme), budget=budget.name, seed=seed,
+        keep_dense = settings.keep_dense
+        result = make_result(cell.arch, str(cell.scheme), budget=budget.name,
+                             seed=settings.seed,
                              budget_settings=budget.settings() | {"arch_training": asdict(training), "arch_steps": 3},
-                             model={"keep_dense": sorted(keep_dense)} if keep_dense else {})
+                             model={"keep_dense": list(keep_dense)} if keep_dense else {})
         if out_dir is not None:
             write_result(out_dir, result)
         return result
@@ -98,22 +102,36 @@ def test_keep_dense_names_checked_and_passed_on(tiny_data_dir, tmp_path, capsys,
     one_line_error(capsys, "nope")
     assert main(base + ["--out", str(tmp_path / "b"), "--keep-dense", "fc1"]) == 0
     assert fake_training == ["cnn random:0.5"]
+    assert read_result(Cell.parse("cnn", "random:0.5").path(tmp_path / "b")).model == {"keep_dense": ["fc1"]}
 
 
 def test_keep_dense_lets_a_non_tiling_layer_stay_dense():
     with pytest.raises(ValueError, match="--keep-dense") as e:
-        grid.preflight([Cell.parse("cnn", "block:3x3:0.5")], SMOKE, data_dir=None)
+        grid.preflight([Cell.parse("cnn", "block:3x3:0.5")], SMOKE)
     layer = str(e.value).rsplit("--keep-dense ", 1)[1].rstrip(")")
     # layer by layer, keeping each refused one dense, until the scheme fits the rest
     kept = [layer]
     for _ in range(10):
         try:
-            grid.preflight([Cell.parse("cnn", "block:3x3:0.5")], SMOKE, keep_dense=kept)
+            grid.preflight([Cell.parse("cnn", "block:3x3:0.5")], SMOKE, RunSettings(keep_dense=kept))
             break
         except ValueError as err:
             kept.append(str(err).rsplit("--keep-dense ", 1)[1].rstrip(")"))
     else:
         pytest.fail("keep_dense never took effect")
+
+
+@pytest.mark.parametrize("scheme", ["block:3x3:0.5", "nm:2:5"])
+def test_preflight_refuses_a_layer_as_sparsify_does_with_the_command_line_fix(scheme):
+    arch = get_arch("cnn")
+    with torch.device("meta"):
+        model = arch.build(arch.size_for(SMOKE), SimpleNamespace(info={}))
+    with pytest.raises(LayerRefused) as refused:
+        check_scheme(model, scheme)  # what sparsify() raises for this model, before it replaces any layer
+    with pytest.raises(ValueError) as err:
+        grid.preflight([Cell.parse("cnn", scheme)], SMOKE)
+    assert str(err.value) == (f"cnn {scheme}: {refused.value} (command line: --keep-dense {refused.value.layer})")
+    assert repr(refused.value.layer) in str(refused.value)
 
 
 def test_interrupted_grid_resumes_and_force_reruns(tiny_data_dir, tmp_path, capsys, fake_training):

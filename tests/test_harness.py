@@ -11,24 +11,40 @@ from sparsebench.budgets import BUDGETS
 from sparsebench.cell import Cell
 from sparsebench.cli import main
 from sparsebench.grid import run_one
+from sparsebench.patterns import parse_pattern
 from sparsebench.report import build_report
 from sparsebench.results import REQUIRED_KEYS, read_result, validate_result
+from sparsebench.schemes import Scheme
 
 SMOKE = BUDGETS["smoke"]
-# one scheme per representation (semi is skipped with its reason on a machine without CUDA)
-SCHEME_OF = {"masked": "random:0.5", "csr": "random:0.5@csr", "bsr": "block:4x4:0.5@bsr",
-             "bsr_cpp": "block:4x4:0.5@bsr_cpp", "semi": "nm:2:4@semi"}
+SMOKE_PATTERNS = ("random:0.5", "block:4x4:0.5", "nm:2:4")  # the first a representation can store is its scheme
+
+
+def _smoke_scheme(rep: str) -> str | None:
+    for pattern in SMOKE_PATTERNS:
+        try:
+            return str(Scheme(parse_pattern(pattern), rep))
+        except ValueError:
+            continue
+    return None
+
+
+# one scheme per registered representation (semi is skipped with its reason on a machine without CUDA)
+SCHEME_OF = {rep: _smoke_scheme(rep) for rep in REPRESENTATIONS}
 
 
 def test_every_representation_has_a_smoke_scheme():
-    assert set(SCHEME_OF) >= set(REPRESENTATIONS) - {"auto"}
+    assert None not in SCHEME_OF.values(), "a representation stores none of SMOKE_PATTERNS: add one it stores"
+    assert {rep: SCHEME_OF[rep] for rep in ("masked", "csr", "bsr", "bsr_cpp", "semi")} == {
+        "masked": "random:0.5", "csr": "random:0.5@csr", "bsr": "block:4x4:0.5@bsr",
+        "bsr_cpp": "block:4x4:0.5@bsr_cpp", "semi": "nm:2:4@semi"}
 
 
 @pytest.mark.parametrize("arch", ["cnn", "transformer"])
 @pytest.mark.parametrize("rep", list(SCHEME_OF))
-def test_smoke_cell_end_to_end(arch, rep, tiny_data_dir, isolated_cache, tmp_path):
+def test_smoke_cell_end_to_end(arch, rep, tiny_settings, isolated_cache, tmp_path):
     cell = Cell.parse(arch, SCHEME_OF[rep])
-    result = run_one(cell, SMOKE, tmp_path, seed=0, data_dir=tiny_data_dir, progress=False)
+    result = run_one(cell, SMOKE, tmp_path, tiny_settings)
     assert read_result(cell.path(tmp_path)) == result  # what is written is what was measured
     doc = result.to_dict()
     if doc["status"] == "skipped":
@@ -67,17 +83,18 @@ def require_kernels():
         pytest.skip(f"sparse kernels unavailable: {why}")
 
 
-def test_same_seed_same_accuracy_and_loss(tiny_data_dir, isolated_cache):
+def test_same_seed_same_accuracy_and_loss(tiny_settings, isolated_cache):
     cell = Cell.parse("cnn", "magnitude:0.5")
-    a = run_one(cell, SMOKE, seed=3, data_dir=tiny_data_dir, progress=False)
-    b = run_one(cell, SMOKE, seed=3, data_dir=tiny_data_dir, progress=False)
+    a = run_one(cell, SMOKE, None, tiny_settings.but(seed=3))
+    b = run_one(cell, SMOKE, None, tiny_settings.but(seed=3))
+    assert a.seed == 3
     assert (a.accuracy, a.final_loss) == (b.accuracy, b.final_loss)
 
 
-def test_measure_twice_gives_the_same_model_measurements(tiny_data_dir, isolated_cache):
+def test_measure_twice_gives_the_same_model_measurements(tiny_settings, isolated_cache):
     from sparsebench.train import CellRun
 
-    run = CellRun(Cell.parse("cnn", "random:0.5"), SMOKE, data_dir=tiny_data_dir, progress=False)
+    run = CellRun(Cell.parse("cnn", "random:0.5"), SMOKE, tiny_settings)
     run.fresh()
     run.train()
     a, b = run.measure(), run.measure()

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from sparsebench.kernels import build_cache
+from sparsebench.kernels import build_cache, isa
+from sparsebench.kernels.errors import KernelsUnavailable, required
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD_TIMEOUT_S = 300  # a relink plus test load; a hang (the old stale-lock behaviour) fails here
@@ -31,23 +32,27 @@ CHILD_TIMEOUT_S = 300  # a relink plus test load; a hang (the old stale-lock beh
 def good_build() -> Path:
     """The verified build directory of this process's variant (built now if the cache lacks it)."""
     if shutil.which(os.environ.get("CXX", "c++").split()[0]) is None and not build_cache.library_path(
-            build_cache.variant()).exists():
+            isa.variant()).exists():
         pytest.skip("no C++ compiler and no cached kernel build")
     try:
-        build_cache.ensure_built(build_cache.variant())
-    except build_cache.KernelsUnavailable as err:
-        if build_cache.required():
+        build_cache.ensure_built(isa.variant())
+    except KernelsUnavailable as err:
+        if required():
             raise
         pytest.skip(str(err))
-    return build_cache.build_dir(build_cache.variant())
+    return build_cache.build_dir(isa.variant())
 
 
-def child(code: str, cache: Path, **env) -> subprocess.CompletedProcess:
+def child_env(cache: Path, **env) -> dict[str, str]:
     full_env = dict(os.environ, SPARSEBENCH_CACHE_DIR=str(cache), PYTHONPATH=str(ROOT))
     full_env.pop("SPARSEBENCH_REQUIRE_KERNELS", None)
     full_env.update({k: str(v) for k, v in env.items()})
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True, text=True,
-                          timeout=CHILD_TIMEOUT_S)
+    return full_env
+
+
+def child(code: str, cache: Path, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=child_env(cache, **env),
+                          capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
 
 
 def copy_build(good: Path, cache: Path) -> Path:
@@ -116,8 +121,8 @@ def test_stale_lock_of_a_sigkilled_build_is_broken(tmp_path, good_build):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from sparsebench.kernels.build_cache import BuildLock
-        with BuildLock(Path({str(directory)!r})):
+        from sparsebench.kernels.build_cache import build_lock
+        with build_lock(Path({str(directory)!r})):
             (Path({str(directory)!r}) / "lock").write_text("")
             print("locked", flush=True)
             time.sleep(600)
@@ -140,25 +145,37 @@ def test_stale_lock_of_a_sigkilled_build_is_broken(tmp_path, good_build):
 
 def test_a_live_build_is_waited_for_not_broken(tmp_path, good_build):
     directory = copy_build(good_build, tmp_path)
+    # a "build" that holds the lock until the waiter has said whose build it waits for
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
+        import sys
         from pathlib import Path
-        from sparsebench.kernels.build_cache import BuildLock
-        with BuildLock(Path({str(directory)!r})):
+        from sparsebench.kernels.build_cache import build_lock
+        with build_lock(Path({str(directory)!r})):
             print("locked", flush=True)
-            time.sleep(3)
-        """)], env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    proc = child(REPORT, tmp_path)
-    holder.wait(timeout=60)
-    assert proc.returncode == 0 and proc.stdout.startswith("OK"), proc.stdout + proc.stderr
-    assert f"waiting for the kernel build of pid {holder.pid}" in proc.stderr
+            sys.stdin.readline()
+        """)], env=dict(os.environ, PYTHONPATH=str(ROOT)), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    waiter = None
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        waiter = subprocess.Popen([sys.executable, "-c", textwrap.dedent(REPORT)], env=child_env(tmp_path),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        notice = waiter.stderr.readline()
+        assert notice == f"sparsebench: waiting for the kernel build of pid {holder.pid} ({directory.name})\n"
+        assert waiter.poll() is None  # still waiting, the lock not broken
+        holder.communicate("\n", timeout=60)
+        out, err = waiter.communicate(timeout=CHILD_TIMEOUT_S)
+    finally:
+        for proc in (holder, waiter):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    assert waiter.returncode == 0 and out.startswith("OK None"), out + notice + err
+    assert "stale" not in err
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage-unverified"])
 def test_corrupt_library_is_named_discarded_and_rebuilt(tmp_path, good_build, damage):
     directory = copy_build(good_build, tmp_path)
-    so = directory / build_cache.library_path(build_cache.variant()).name
+    so = directory / build_cache.library_path(isa.variant()).name
     data = so.read_bytes()
     if damage == "truncated":
         so.write_bytes(data[: len(data) // 2])
@@ -187,20 +204,50 @@ def test_smoke_test_failure_is_an_error_when_required(tmp_path, good_build):
     assert proc.returncode == 0 and "UNAVAILABLE" in proc.stdout and "smoke test" in proc.stdout
 
 
+def test_a_build_lock_held_too_long_is_one_line_naming_its_holder(tmp_path, capsys):
+    """A second holder of one build lock (here this process again, through another open file) says
+    once whose build it waits for, then gives up with the holder's pid."""
+    with build_cache.build_lock(tmp_path):
+        with pytest.raises(KernelsUnavailable) as err:
+            with build_cache.build_lock(tmp_path, wait_s=1):
+                pass
+    assert str(err.value) == (f"kernel build lock {tmp_path / 'build.lock'} still held by pid {os.getpid()} "
+                              "after 1 s; end that process or delete the directory")
+    waiting = f"sparsebench: waiting for the kernel build of pid {os.getpid()} ({tmp_path.name})\n"
+    assert capsys.readouterr().err == waiting
+    with build_cache.build_lock(tmp_path) as lock:  # released: taken at once
+        assert lock.previous_owner == os.getpid()
+    assert capsys.readouterr().err == ""
+
+
 def test_forced_variant_the_cpu_cannot_run_is_refused(monkeypatch):
-    monkeypatch.setattr(build_cache, "cpu_flags", lambda: frozenset({"sse2"}))
+    monkeypatch.setattr(isa, "cpu_flags", lambda: frozenset({"sse2"}))
+    monkeypatch.setattr(isa.platform, "machine", lambda: "x86_64")
     monkeypatch.setenv("SPARSEBENCH_CPU_ISA", "avx2")
-    with pytest.raises(build_cache.KernelsUnavailable, match="cannot run it") as err:
-        build_cache.variant()
-    assert "\n" not in str(err.value)
+    with pytest.raises(KernelsUnavailable) as err:
+        isa.variant()
+    assert str(err.value) == ("SPARSEBENCH_CPU_ISA=avx2: this CPU cannot run it (lacks avx2, bmi2, f16c, fma); "
+                              "it runs generic")
     monkeypatch.setenv("SPARSEBENCH_CPU_ISA", "sse9")
-    with pytest.raises(build_cache.KernelsUnavailable, match="not a kernel variant"):
-        build_cache.variant()
+    with pytest.raises(KernelsUnavailable) as err:
+        isa.variant()
+    assert str(err.value) == "SPARSEBENCH_CPU_ISA='sse9' is not a kernel variant; use one of avx512, avx2, generic"
     monkeypatch.delenv("SPARSEBENCH_CPU_ISA")
-    assert build_cache.variant() == "generic"
+    assert isa.variant() == "generic"
+    assert isa.supported_variants() == ["generic"]
+
+
+def test_supported_variants_follow_the_cpu_flags(monkeypatch):
+    monkeypatch.setattr(isa.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(isa, "cpu_flags", lambda: frozenset(isa.CPU_NEEDS["avx2"]))
+    assert isa.supported_variants() == ["avx2", "generic"]
+    monkeypatch.setattr(isa, "cpu_flags", lambda: frozenset(isa.CPU_NEEDS["avx512"]))
+    assert isa.supported_variants() == ["avx512", "avx2", "generic"]
+    monkeypatch.setattr(isa.platform, "machine", lambda: "aarch64")  # the same flags name nothing on arm64
+    assert isa.supported_variants() == ["generic"]
 
 
 def test_each_variant_has_its_own_build_directory():
-    dirs = {build_cache.build_dir(v) for v in build_cache.VARIANTS}
-    assert len(dirs) == len(build_cache.VARIANTS)
-    assert all("-march=native" not in " ".join(flags) for flags in build_cache.FLAGS.values())
+    dirs = {build_cache.build_dir(v) for v in isa.VARIANTS}
+    assert len(dirs) == len(isa.VARIANTS)
+    assert all("-march=native" not in " ".join(flags) for flags in isa.FLAGS.values())

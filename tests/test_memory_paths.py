@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsebench import RepresentationUnavailable, sparsify
-from sparsebench.representations import SparseConv2d, base
+from sparsebench.measure import peak_heap
+from sparsebench.representations import SparseConv2d
+from sparsebench.representations import conv as conv_module
 from sparsebench.representations import csr as csr_module
 
 
@@ -26,7 +28,7 @@ def sparse_conv(layer: nn.Conv2d, scheme: str) -> SparseConv2d:
 @pytest.mark.parametrize("chunk_bytes", [1, 700, 2**30])  # one image per chunk, a few, the whole batch
 @pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), (2, 0, 1), (1, 2, 2)])
 def test_conv_recompute_gradients_match_dense_conv(monkeypatch, scheme, chunk_bytes, stride, padding, dilation):
-    monkeypatch.setattr(base, "CONV_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(conv_module, "CONV_CHUNK_BYTES", chunk_bytes)
     if scheme.endswith("-torch"):  # csr on torch's kernels goes through the generic recompute path
         scheme = scheme.removesuffix("-torch")
         monkeypatch.setattr(csr_module.CsrWeight, "_use_kernels", lambda self, t: False)
@@ -52,6 +54,21 @@ def test_conv_recompute_gradients_match_dense_conv(monkeypatch, scheme, chunk_by
     torch.testing.assert_close(conv.bias.grad, bias.grad, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), (2, 0, 1), (1, 2, 2), ((2, 1), (0, 1), (1, 2))])
+def test_im2col_rows_are_unfold_transposed(stride, padding, dilation):
+    """One row per output position, columns in a conv weight's (c, kh, kw) order: F.unfold's
+    columns, exactly (both are copies of the same inputs)."""
+    def pair(v):
+        return v if isinstance(v, tuple) else (v, v)
+
+    x = torch.randn(3, 4, 9, 8)
+    kernel = (3, 2)
+    rows, (n, h_out, w_out) = conv_module.im2col_rows(x, kernel, pair(stride), pair(padding), pair(dilation))
+    unfolded = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (n, c * kh * kw, positions)
+    assert (n, h_out * w_out) == (3, unfolded.shape[2])
+    assert torch.equal(rows, unfolded.transpose(1, 2).reshape(n * h_out * w_out, 4 * 3 * 2))
+
+
 def test_conv_keeps_only_its_input_for_backward():
     """The autograd graph holds x (and the stored values), not the im2col matrix: kh*kw times x."""
     torch.manual_seed(0)
@@ -66,20 +83,6 @@ def test_conv_keeps_only_its_input_for_backward():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         conv(x)
     assert sum(saved) <= x.numel() * 4 + conv.sparse_weight.stored.numel() * 4, saved
-
-
-def build_peak(build) -> int:
-    """memray's peak heap while ``build()`` runs (all of it allocated inside)."""
-    import tempfile
-    from pathlib import Path
-
-    import memray
-
-    with tempfile.TemporaryDirectory() as tmp:
-        capture = Path(tmp) / "build.bin"
-        with memray.Tracker(capture, native_traces=False, follow_fork=False):
-            build()
-        return memray.FileReader(capture).metadata.peak_memory
 
 
 WIDTH, DEPTH = 1024, 6  # 4 MiB of float32 weight per layer, 24 MiB dense
@@ -107,7 +110,7 @@ def test_a_lazy_model_is_built_sparse_without_its_dense_weights(scheme):
             pytest.skip(str(why))
 
     build()  # first in the process: kernel libraries and thread pools load outside the measured build
-    peak = build_peak(build)
+    peak = peak_heap(build)
     layer_bytes = WIDTH * WIDTH * 4
     assert peak < 3 * layer_bytes, f"build peak {peak / 2**20:.1f} MiB, one dense layer {layer_bytes / 2**20:.0f} MiB"
     model = built["model"]

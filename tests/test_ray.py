@@ -1,4 +1,4 @@
-"""The Ray executor (issue 12) on a local Ray instance with 2 CPUs, started by this module:
+"""The Ray executor on a local Ray instance with 2 CPUs, started by this module:
 
 1. a smoke grid runs through Ray and writes the same layout as a serial run;
 2. a worker killed mid-cell (SIGKILL after training, before measuring) is retried once; a cell whose worker
@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 
 from sparsebench import grid
+from sparsebench.baselines import tolerance_rule
 from sparsebench.budgets import BUDGETS
 from sparsebench.cell import cells
 from sparsebench.cli import main
-from sparsebench.gate import tolerance_rule
 from sparsebench.results import load_results, read_result
 
 REQUIRE_RAY = os.environ.get("SPARSEBENCH_REQUIRE_RAY") == "1"
@@ -73,12 +73,11 @@ def by_cell(results):
 
 
 @pytest.fixture(scope="module")
-def ray_and_serial(ray_instance, tiny_data_dir, tmp_path_factory):
+def ray_and_serial(ray_instance, tiny_settings, tmp_path_factory):
     """The grid through Ray (2-CPU tasks on 2 CPUs: one at a time), then serially in this process."""
     root = tmp_path_factory.mktemp("ray-vs-serial")
-    ray_results = grid.run_grid(GRID, BUDGET, root / "ray", data_dir=tiny_data_dir, progress=False,
-                                executor=ray_executor(progress=False))
-    serial = grid.run_grid(GRID, BUDGET, root / "serial", data_dir=tiny_data_dir, progress=False)
+    ray_results = grid.run_grid(GRID, BUDGET, root / "ray", tiny_settings, executor=ray_executor(progress=False))
+    serial = grid.run_grid(GRID, BUDGET, root / "serial", tiny_settings)
     return root, ray_results, serial
 
 
@@ -116,7 +115,7 @@ def test_ray_gives_the_serial_results_cell_for_cell(ray_and_serial):
     print("\n".join(lines))
 
 
-def dies_mid_cell(cell, budget, *, marker_dir, die, **kwargs):
+def dies_mid_cell(cell, budget, settings, *, marker_dir, die):
     """A grid cell function for tests: cells named in ``die`` lose their worker (SIGKILL) after training and
     before measuring, on the first attempt ("once") or on every attempt ("always"); each attempt leaves a
     line in ``marker_dir/<cell id>.attempts``. Other cells run as usual."""
@@ -130,20 +129,19 @@ def dies_mid_cell(cell, budget, *, marker_dir, die, **kwargs):
             run.train()
             os.kill(os.getpid(), signal.SIGKILL)
 
-        return grid.run_one(cell, budget, None, kwargs["seed"], kwargs["data_dir"], kwargs["device"], False,
-                            train=train_then_die, keep_dense=kwargs["keep_dense"])
-    return grid.run_cell(cell, budget, **kwargs)
+        return grid.run_one(cell, budget, None, settings, train=train_then_die)
+    return grid.run_cell(cell, budget, settings)
 
 
-def test_killed_worker_is_retried_then_recorded_as_error_and_a_rerun_resumes(ray_instance, tiny_data_dir, tmp_path,
+def test_killed_worker_is_retried_then_recorded_as_error_and_a_rerun_resumes(ray_instance, tiny_settings, tmp_path,
                                                                                capsys):
     cells3 = cells(["cnn"], ["dense", "random:0.5", "nm:2:4"])
     out, markers = tmp_path / "out", tmp_path / "markers"
     markers.mkdir()
     fn = functools.partial(dies_mid_cell, marker_dir=str(markers),
                            die={"cnn-dense": "once", "cnn-random-0.5-masked": "always"})
-    results = grid.run_grid(cells3, BUDGETS["smoke"], out, data_dir=tiny_data_dir, executor=ray_executor(),
-                            cell_fn=fn)
+    settings = tiny_settings.but(progress=True)  # the driver's progress lines are checked below
+    results = grid.run_grid(cells3, BUDGETS["smoke"], out, settings, executor=ray_executor(), cell_fn=fn)
     err = capsys.readouterr().err
     attempts = {p.name.removesuffix(".attempts"): len(p.read_text().splitlines()) for p in markers.iterdir()}
     assert attempts == {"cnn-dense": 2, "cnn-random-0.5-masked": 2, "cnn-nm2of4-masked": 1}
@@ -157,7 +155,7 @@ def test_killed_worker_is_retried_then_recorded_as_error_and_a_rerun_resumes(ray
     assert (doc.status, doc.arch, doc.scheme, doc.reason) == ("error", "cnn", "random:0.5", random.reason)
 
     # the rerun keeps the finished cells and runs the error cell again, this time without a fault
-    rerun = grid.run_grid(cells3, BUDGETS["smoke"], out, data_dir=tiny_data_dir, executor=ray_executor(),
+    rerun = grid.run_grid(cells3, BUDGETS["smoke"], out, settings, executor=ray_executor(),
                           cell_fn=functools.partial(dies_mid_cell, marker_dir=str(markers), die={}))
     err = capsys.readouterr().err
     assert err.count("kept from an earlier run") == 2 and "cnn random:0.5: kept" not in err

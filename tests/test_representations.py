@@ -259,10 +259,29 @@ def test_auto_cache_is_keyed_by_kernel_variant_and_survives_corruption(tmp_path,
     monkeypatch.setattr(auto, "_cache_path", lambda: path)
     layer, x = nn.Linear(32, 16), torch.randn(8, 32)
     for variant in ("native", "avx2"):
-        monkeypatch.setattr(auto.kernels, "variant", lambda v=variant: v, raising=False)
+        monkeypatch.setattr(auto.kernels, "variant", lambda v=variant: v)
         sparse_layer(layer, "random:0.5@auto", 0, x)
     keys = list(json.loads(path.read_text()))
     assert len(keys) == 2 and keys[0] != keys[1], keys  # one choice per kernel variant
+
+
+def test_auto_choice_is_measured_not_cached_while_the_cache_lock_is_held(tmp_path, monkeypatch, capsys):
+    """A cache whose lock stays busy past LOCK_TIMEOUT_S costs a re-measurement later, nothing else."""
+    import json
+    import os
+
+    from sparsebench.atomic import locked
+    from sparsebench.representations import auto
+
+    path = tmp_path / "auto-choices.json"
+    monkeypatch.setattr(auto, "LOCK_TIMEOUT_S", 0.2)
+    with locked(tmp_path / "auto-choices.json.lock"):
+        auto._save_choice(path, "key", {"chosen": "csr"})
+    assert not path.exists()
+    assert capsys.readouterr().err == (f"sparsebench: could not cache auto choice in {path}: {path}.lock is locked "
+                                       f"by pid {os.getpid()} (waited 0 s)\n")
+    auto._save_choice(path, "key", {"chosen": "csr"})
+    assert json.loads(path.read_text()) == {"key": {"chosen": "csr"}}
 
 
 def test_auto_needs_an_example_batch():

@@ -2,15 +2,21 @@
 
 A linear layer's sparse weight ``W`` (``out x in``) is stored either as BSR (``R x C`` blocks,
 int64 indices, exactly as ``W.to_sparse_bsr((R, C))`` gives them: ``values (nnzb, R, C)``,
-``row_ptr (out/R + 1)``, ``col_idx (nnzb)``) or as CSR (int32 ``row_ptr``, ``col``; float32
-``values``). The training products (forward, input gradient, weight gradient at kept positions
-only) are ``torch.ops.sparse_linear.*`` custom operators: schemas and checks in C++ (``csrc/``),
-fake and autograd registrations in :mod:`.ops`. Layout of this package:
+``row_ptr (out/R + 1)``, ``col_idx (nnzb)``) or as CSR (int32 ``row_ptr``; ``col`` int16 where
+the layer has at most 32767 columns, else int32; float32 ``values``) with W^T's structure beside it
+for the backward (int32 ``t_row_ptr`` and ``perm``; ``t_col``, W's row of each entry, int16 where
+the layer has at most 32767 rows, else int32). The CSR ops accept int16 or int32 column indices
+either way; ``representations.csr`` picks the narrower. The training products (forward, input
+gradient, weight gradient at kept positions only) are ``torch.ops.sparse_linear.*`` custom
+operators: schemas and checks in C++ (``csrc/``), fake and autograd registrations in :mod:`.ops`.
+Layout of this package:
 
-* :mod:`.build_cache`variants (avx512, avx2, generic), compiler flags, cache, locks, verification
-* :mod:`.loader`  this process's library: load once, register, smoke-test
-* :mod:`.ops`     fake implementations and autograd of the ops
-* ``csrc/``       ``ops.cpp`` (schemas), ``bsr.cpp``, ``csr.cpp``, ``common.h``
+* :mod:`.isa`         the variants (avx512, avx2, generic): compiler flags, which this CPU runs, forcing one
+* :mod:`.errors`      KernelsUnavailable, and when "unavailable" is an error (SPARSEBENCH_REQUIRE_KERNELS)
+* :mod:`.build_cache` a variant's build: cache directory, build lock, child-process build, checksum
+* :mod:`.loader`      this process's library: load once, register, smoke-test
+* :mod:`.ops`         fake implementations and autograd of the ops
+* ``csrc/``           ``ops.cpp`` (schemas), ``bsr.cpp``, ``csr.cpp``, ``common.h``
 
 Public API: :func:`variant`, :func:`variant_forced`, :func:`available`, :func:`unavailable_reason`,
 :func:`required`, :func:`build` (ahead of time: ``python -m sparsebench.kernels build``), and the
@@ -26,8 +32,9 @@ from pathlib import Path
 import torch
 
 from . import build_cache as _build
+from . import isa as _isa
 from . import loader as _loader
-from .build_cache import KernelsUnavailable, required
+from .errors import KernelsUnavailable, required
 
 __all__ = [
     "KernelsUnavailable",
@@ -52,17 +59,17 @@ __all__ = [
 def variant() -> str:
     """The kernel variant this process uses ("avx512", "avx2" or "generic"): ``SPARSEBENCH_CPU_ISA``
     when set, else the best one this CPU runs. Needs no build."""
-    return _build.variant()
+    return _isa.variant()
 
 
 def variant_forced() -> bool:
     """True when ``SPARSEBENCH_CPU_ISA`` chose the variant (a forced variant is its own machine class)."""
-    return _build.forced_variant() is not None
+    return _isa.forced_variant() is not None
 
 
 def supported_variants() -> list[str]:
     """Every variant this CPU can run, best first."""
-    return _build.supported_variants()
+    return _isa.supported_variants()
 
 
 def available() -> bool:
@@ -80,7 +87,7 @@ def build(variant_name: str | None = None) -> Path:
     """Build (or verify the cached build of) a variant ahead of time, without loading it here;
     returns the library's path. Raises KernelsUnavailable with one line when it cannot be built."""
     v = variant_name or variant()
-    if v not in _build.supported_variants():
+    if v not in _isa.supported_variants():
         raise KernelsUnavailable(f"variant {v!r} cannot run on this CPU; it runs {', '.join(supported_variants())}")
     return _build.ensure_built(v)
 
@@ -90,10 +97,6 @@ def _ops():
     if state.variant is None:
         raise KernelsUnavailable(f"sparsebench kernels unavailable: {state.reason}")
     return torch.ops.sparse_linear
-
-
-def _index(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 # ------------------------------------------------------------------ structure
@@ -149,7 +152,9 @@ def bsr_linear_weight_grad(dy, x, row_ptr, col_idx, block) -> torch.Tensor:
 # ------------------------------------------------------------------ CSR
 def csr_linear(x, values, bias, row_ptr, col, transposed) -> torch.Tensor:
     """``y = x @ W^T (+ bias)`` for CSR ``W`` (out, in) and row-major ``x`` (n, in), differentiable
-    in ``x``, ``values`` and ``bias``. ``transposed``: W^T's structure (int32), for the backward."""
+    in ``x``, ``values`` and ``bias``. ``transposed``: W^T's structure ``(t_row_ptr, t_col, perm)``, for
+    the backward. ``row_ptr``, ``t_row_ptr`` and ``perm`` int32; ``col`` and ``t_col`` int16 or int32
+    (``representations.csr`` stores int16 where W has at most 32767 columns, rows for ``t_col``)."""
     return _ops().csr_linear(x, values, bias, row_ptr, col, *transposed)
 
 

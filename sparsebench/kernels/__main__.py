@@ -7,13 +7,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import build_cache as _build
+from . import build_cache, isa
+from .errors import KernelsUnavailable
 
 
 def _worker(v: str) -> int:
     import torch
 
-    so = _build.compile_in_this_process(v)
+    so = build_cache.compile_in_this_process(v)
     torch.ops.load_library(str(so))  # torch's load did this already; repeated for a relinked file
     if torch.ops.sparse_linear.isa() != v:
         print(f"error: built library is the {torch.ops.sparse_linear.isa()} variant, expected {v}", file=sys.stderr)
@@ -31,20 +32,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sparsebench.kernels", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build and verify the kernel library ahead of time")
-    b.add_argument("--variant", choices=_build.VARIANTS, help="default: this process's variant")
+    b.add_argument("--variant", choices=isa.VARIANTS, help="default: this process's variant")
     b.add_argument("--all", action="store_true", help="every variant this CPU runs")
     w = sub.add_parser("_worker")
-    w.add_argument("variant", choices=_build.VARIANTS)
+    w.add_argument("variant", choices=isa.VARIANTS)
     args = parser.parse_args(argv)
     if args.command == "_worker":
         return _worker(args.variant)
     try:
-        variants = _build.supported_variants() if args.all else [args.variant or _build.variant()]
+        variants = isa.supported_variants() if args.all else [args.variant or isa.variant()]
         for v in variants:
-            if v not in _build.supported_variants():
-                raise _build.KernelsUnavailable(f"variant {v} cannot run on this CPU")
-            print(f"{v}: {_build.ensure_built(v)}")
-    except _build.KernelsUnavailable as err:
+            if v not in isa.supported_variants():
+                raise KernelsUnavailable(f"variant {v} cannot run on this CPU")
+            print(f"{v}: {build_cache.ensure_built(v)}")
+    except KernelsUnavailable as err:
         print(f"sparsebench: {err}", file=sys.stderr)
         return 1
     return 0

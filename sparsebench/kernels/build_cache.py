@@ -1,19 +1,7 @@
-"""Build and load the kernel library: which variant, built how, cached where, trusted when.
+"""Build and trust the kernel library: built how, cached where, serialised by what, trusted when.
 
-Three variants of one source (``csrc/``), each its own extension build in its own cached
-directory, so a process loads exactly one:
-
-=========  ======================================================  ==========================
-variant    compiler flags (besides ``-O3 -fopenmp``)                runs on
-=========  ======================================================  ==========================
-avx512     ``-mavx512f -mavx512bw -mavx512vl -mavx512dq`` + avx2's  x86-64-v4 CPUs
-avx2       ``-mavx2 -mfma -mf16c -mbmi2`` (x86-64-v3)                x86-64-v3 CPUs
-generic    none: portable C++17 (SSE2 on x86-64, NEON on arm64)    anything
-=========  ======================================================  ==========================
-
-No ``-march=native``: every machine of a variant runs the same program. The variant is the best
-one the CPU's flags allow; ``SPARSEBENCH_CPU_ISA=generic|avx2|avx512`` forces one, and a forced
-variant this CPU cannot run is refused in one line.
+Each variant (``isa``) of one source (``csrc/``) is its own extension build in its own cached
+directory, so a process loads exactly one.
 
 Cache: ``<cache_dir>/kernels/<variant>-<key>/``, where the key hashes the sources, the flags, the
 torch version and the platform. A build runs in a child process (``python -m sparsebench.kernels
@@ -21,14 +9,14 @@ _worker``), which also test-loads the library and runs its smoke test there, so 
 crash (a truncated ``.so`` can end a process with a bus error) cannot take this process down. Only
 then is the library's SHA-256 recorded in ``manifest.json``; a later process loads it only when the
 hash matches, and otherwise names the file in one line, discards it and rebuilds. Builds of one
-directory are serialised by an ``flock`` on ``build.lock`` (released by the kernel when its owner
-dies, whatever the signal); the lock file names the owner's pid, and torch's own build lock, which
-a killed build leaves behind, is removed under it when that pid is gone.
+directory are serialised by ``atomic.locked`` on ``build.lock`` (an ``flock``, released by the kernel
+when its owner dies, whatever the signal; the file names the owner's pid), and torch's own build
+lock, which a killed build leaves behind, is removed under it, naming that pid.
 """
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import hashlib
 import json
 import os
@@ -37,70 +25,18 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from ..atomic import write_json_atomic
-from ..machine import cache_dir, cpu_flags
+from ..atomic import Lock, Locked, locked, write_json_atomic
+from ..machine import cache_dir
+from .errors import KernelsUnavailable
+from .isa import ENV_ISA, FLAGS
 
-VARIANTS = ("avx512", "avx2", "generic")  # best first
-_AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c", "-mbmi2"]
-FLAGS = {
-    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", *_AVX2_FLAGS],
-    "avx2": _AVX2_FLAGS,
-    "generic": [],
-}
-CPU_NEEDS = {  # /proc/cpuinfo flags a variant's instructions need
-    "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c", "bmi2"},
-    "avx2": {"avx2", "fma", "f16c", "bmi2"},
-    "generic": set(),
-}
 LIBRARY = "sparse_linear"  # the torch.library namespace: torch.ops.sparse_linear.*
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = ("ops.cpp", "bsr.cpp", "csr.cpp")
-ENV_ISA = "SPARSEBENCH_CPU_ISA"
-ENV_REQUIRE = "SPARSEBENCH_REQUIRE_KERNELS"
 LOCK_WAIT_S = 1800  # a build on 2 cores takes minutes; a live build holding the lock longer is stuck
-
-
-class KernelsUnavailable(RuntimeError):
-    """The kernels cannot be used here and they are required (or a variant was forced that this
-    CPU cannot run). ``str()`` is one line naming the cause."""
-
-
-def _is_x86() -> bool:
-    return platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
-
-
-def supported_variants() -> list[str]:
-    """The variants this CPU can run, best first (``generic`` always)."""
-    flags = cpu_flags()
-    return [v for v in VARIANTS if v == "generic" or (_is_x86() and CPU_NEEDS[v] <= flags)]
-
-
-def forced_variant() -> str | None:
-    value = os.environ.get(ENV_ISA, "").strip().lower()
-    return value or None
-
-
-def variant() -> str:
-    """The variant this process uses: ``SPARSEBENCH_CPU_ISA`` when set, else the best this CPU runs.
-    Needs no build. Raises KernelsUnavailable for an unknown variant or one this CPU cannot run."""
-    forced = forced_variant()
-    supported = supported_variants()
-    if forced is None:
-        return supported[0]
-    if forced not in VARIANTS:
-        raise KernelsUnavailable(f"{ENV_ISA}={forced!r} is not a kernel variant; use one of {', '.join(VARIANTS)}")
-    if forced not in supported:
-        missing = sorted(CPU_NEEDS[forced] - cpu_flags()) if _is_x86() else [f"an x86-64 CPU ({platform.machine()})"]
-        raise KernelsUnavailable(f"{ENV_ISA}={forced}: this CPU cannot run it (lacks {', '.join(missing)}); "
-                                 f"it runs {', '.join(supported)}")
-    return forced
-
-
-def required() -> bool:
-    return os.environ.get(ENV_REQUIRE, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def extension_name(v: str) -> str:
@@ -148,59 +84,37 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class BuildLock:
-    """Exclusive ``flock`` on ``<dir>/build.lock``, which holds the owner's pid. On entry, torch's
-    own baton (``<dir>/lock``) is stale by construction (every builder of the directory holds this
-    lock first), so it is removed, naming the dead owner."""
+def _remove_stale_baton(directory: Path, previous: int | None) -> None:
+    """Remove torch's own build baton (``<directory>/lock``), stale by construction once the build
+    lock is held (every builder of the directory holds that first), naming the previous holder."""
+    torch_baton = directory / "lock"
+    if not torch_baton.exists():
+        return
+    other = previous is not None and previous != os.getpid()
+    who = f"pid {previous}" if previous and other else "an earlier build"
+    alive = other and _pid_alive(previous)
+    _notice(f"removed the stale kernel build lock {torch_baton} left by {who}{' (killed)' if not alive else ''}")
+    torch_baton.unlink(missing_ok=True)
 
-    def __init__(self, directory: Path, wait_s: float = LOCK_WAIT_S):
-        self.path = directory / "build.lock"
-        self.wait_s = wait_s
-        self.fd: int | None = None
 
-    def _owner(self) -> int | None:
+@contextlib.contextmanager
+def build_lock(directory: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[Lock]:
+    """Hold ``<directory>/build.lock`` for the ``with`` block, saying once whose build it waits for;
+    KernelsUnavailable naming the holder after ``wait_s`` seconds. Once held, torch's stale baton
+    is removed."""
+    path = directory / "build.lock"
+
+    def waiting(owner: int | None) -> None:
+        _notice(f"waiting for the kernel build of pid {owner} ({directory.name})")
+
+    with contextlib.ExitStack() as held:
         try:
-            text = self.path.read_text().strip()
-        except OSError:
-            return None
-        return int(text) if text.isdigit() else None
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        deadline, told = time.monotonic() + self.wait_s, False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                owner = self._owner()
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise KernelsUnavailable(f"kernel build lock {self.path} still held by pid {owner} after "
-                                             f"{self.wait_s:.0f} s; end that process or delete the directory") from None
-                if not told:
-                    _notice(f"waiting for the kernel build of pid {owner} ({self.path.parent.name})")
-                    told = True
-                time.sleep(0.2)
-        previous = self._owner()
-        torch_baton = self.path.parent / "lock"
-        if torch_baton.exists():
-            who = f"pid {previous}" if previous and previous != os.getpid() else "an earlier build"
-            alive = previous is not None and previous != os.getpid() and _pid_alive(previous)
-            _notice(f"removed the stale kernel build lock {torch_baton} left by {who}"
-                    f"{' (killed)' if not alive else ''}")
-            torch_baton.unlink(missing_ok=True)
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+            lock = held.enter_context(locked(path, wait_s=wait_s, on_wait=waiting))
+        except Locked as err:
+            raise KernelsUnavailable(f"kernel build lock {path} still held by pid {err.owner} after "
+                                     f"{wait_s:.0f} s; end that process or delete the directory") from None
+        _remove_stale_baton(directory, lock.previous_owner)
+        yield lock
 
 
 def _verified(v: str) -> Path | None:
@@ -285,7 +199,7 @@ def ensure_built(v: str) -> Path:
     """The verified library of variant ``v``, building it first when needed. Raises
     KernelsUnavailable with one line naming the cause."""
     directory = build_dir(v)
-    with BuildLock(directory):
+    with build_lock(directory):
         so = _verified(v)
         if so is not None:
             return so

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import build_cache as build
+from . import build_cache, isa
+from .errors import ENV_REQUIRE, KernelsUnavailable, required
 
 _lock = threading.Lock()
 
@@ -50,30 +51,30 @@ def _smoke_test() -> str | None:
 
 
 def _load(v: str) -> None:
-    so = build.ensure_built(v)
+    so = build_cache.ensure_built(v)
     torch.ops.load_library(str(so))
     loaded = torch.ops.sparse_linear.isa()
     if loaded != v:
-        raise build.KernelsUnavailable(f"kernel library {so} is the {loaded} variant, expected {v}")
+        raise KernelsUnavailable(f"kernel library {so} is the {loaded} variant, expected {v}")
     from . import ops  # noqa: F401  fake and autograd registrations (need the schemas loaded)
 
     problem = _smoke_test()
     if problem:
-        raise build.KernelsUnavailable(f"kernel library {so} loads but fails its smoke test: {problem}")
+        raise KernelsUnavailable(f"kernel library {so} loads but fails its smoke test: {problem}")
     _state.variant = v
 
 
 def state() -> _State:
-    v = build.variant()  # a forced variant this CPU cannot run is refused here, required or not
+    v = isa.variant()  # a forced variant this CPU cannot run is refused here, required or not
     with _lock:
         if not _state.tried:
             _state.tried = True
             try:
                 _load(v)
-            except build.KernelsUnavailable as err:
+            except KernelsUnavailable as err:
                 _state.reason = str(err)
             except Exception as err:  # a load error from torch or the OS: one line, not a traceback
                 _state.reason = f"kernel library failed to load: {type(err).__name__}: {str(err).splitlines()[0][:300]}"
-    if _state.reason and build.required():
-        raise build.KernelsUnavailable(f"{_state.reason} ({build.ENV_REQUIRE}=1)")
+    if _state.reason and required():
+        raise KernelsUnavailable(f"{_state.reason} ({ENV_REQUIRE}=1)")
     return _state

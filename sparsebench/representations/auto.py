@@ -29,12 +29,11 @@ import sys
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 from torch import nn
 
 from .. import kernels
-from ..atomic import write_json_atomic
-from ..machine import cache_dir, fingerprint, machine_class
+from ..atomic import Locked, locked, write_json_atomic
+from ..machine import cache_dir, this_machine
 from ..schemes import Scheme
 from ..timing import best_of
 from . import REPRESENTATIONS
@@ -54,9 +53,7 @@ def _cache_path() -> Path:
 
 
 def _machine_key(device: torch.device) -> str:
-    variant = getattr(kernels, "variant", lambda: "native")()  # kernels.variant() may not exist yet
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return machine_class(fingerprint(variant, torch.get_num_threads(), torch.__version__, device.type, gpu))
+    return this_machine(kernels.variant(), device)[1]
 
 
 def _load_cache(path: Path) -> dict:
@@ -70,12 +67,11 @@ def _load_cache(path: Path) -> dict:
 def _save_choice(path: Path, key: str, decision: dict) -> None:
     """Read-modify-write under a lock, so parallel workers (xdist, Ray) add their choices, not drop others'."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT_S):
+        with locked(path.with_name(path.name + ".lock"), wait_s=LOCK_TIMEOUT_S):
             cache = _load_cache(path)
             cache[key] = decision
             write_json_atomic(path, cache)
-    except (OSError, ValueError) as err:  # a read-only cache costs a re-measurement, nothing else
+    except (OSError, ValueError, Locked) as err:  # a read-only or busy cache costs a re-measurement, nothing else
         print(f"sparsebench: could not cache auto choice in {path}: {err}", file=sys.stderr)
 
 

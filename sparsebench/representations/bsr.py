@@ -69,7 +69,7 @@ class BsrWeight(SparseWeight):
     name = "bsr"
 
     def __init__(self, weight, mask, scheme):
-        super().__init__(weight, mask, scheme)
+        super().__init__(weight, scheme)
         self.block = tuple(scheme.pattern.block)
         w2d, mask2d = as_matrix(weight).detach(), as_matrix(mask).bool()
         self.shape2d = tuple(w2d.shape)
@@ -107,7 +107,7 @@ class BsrWeight(SparseWeight):
             dvalues = torch.empty_like(elem_grads).index_put_((block_from_elem,), elem_grads).view_as(values)
         return dx, dvalues
 
-    # the conv path's products without autograd (base._ConvRecompute)
+    # the conv path's products without autograd (conv.conv2d_recompute)
     def linear_forward(self, x):
         return self.product(x, self.values.detach())
 

@@ -17,16 +17,12 @@ from __future__ import annotations
 import torch
 
 from .. import kernels
-from .base import RepresentationUnavailable, SparseWeight
+from .base import RepresentationUnavailable
 from .bsr import BsrWeight
 
 
 class BsrCppWeight(BsrWeight):
     name = "bsr_cpp"
-
-    @classmethod
-    def check_scheme(cls, scheme):
-        SparseWeight.check_scheme.__func__(cls, scheme)  # any block shape: no MKL square-block limit
 
     @classmethod
     def check_layer(cls, scheme, shape2d, layer):
@@ -53,7 +49,7 @@ class BsrCppWeight(BsrWeight):
         return kernels.bsr_linear(x, self.values, self.crow, self.col, (self.t_crow, self.t_col, self.perm),
                                   self.shape2d[0], bias)
 
-    # the conv path's products without autograd (base._ConvRecompute): the same kernels
+    # the conv path's products without autograd (conv.conv2d_recompute): the same kernels
     def linear_forward(self, x):
         return kernels.bsr_linear_forward(x, self.values.detach(), self.crow, self.col, self.shape2d[0])
 

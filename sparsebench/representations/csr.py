@@ -1,7 +1,9 @@
-"""``csr``: only the kept values are stored, in the CSR layout (int32 row pointers and column
-indices), and they are the only parameter the optimizer sees (so Adam's state is sized by the kept
-count). No dense copy of the weight exists at any point; building works on a slice of rows at a
-time, in int32.
+"""``csr``: only the kept values are stored, in the CSR layout (int32 row pointers; column indices
+int16 where the layer has at most 32767 columns, else int32), and they are the only parameter the
+optimizer sees (so Adam's state is sized by the kept count). W^T's structure, for the input
+gradient, is kept beside it: int32 row pointers and permutation, and W's row of each entry in int16
+where the layer has at most 32767 rows, else int32. No dense copy of the weight exists at any point;
+building works on a slice of rows at a time, with no index wider than int32 kept.
 
 Two kernels compute with it, the same storage either way:
 - sparsebench's C++ kernels (the op ``torch.ops.sparse_linear.csr_linear``, see
@@ -118,7 +120,7 @@ class CsrWeight(SparseWeight):
     name = "csr"
 
     def __init__(self, weight, mask, scheme):
-        super().__init__(weight, mask, scheme)
+        super().__init__(weight, scheme)
         mask2d = as_matrix(mask).bool().to(weight.device)
         self.shape2d = tuple(mask2d.shape)
         crow, col = csr_structure(mask2d, narrow=True)
@@ -156,7 +158,7 @@ class CsrWeight(SparseWeight):
             return self._kernel(x, bias)  # the kernel starts each sum at the bias
         return super().linear_bias(x, bias)
 
-    # the conv path's products without autograd (base._ConvRecompute): the same kernels
+    # the conv path's products without autograd (conv.conv2d_recompute): the same kernels
     def linear_forward(self, x):
         if not self._use_kernels(x):
             return super().linear_forward(x)

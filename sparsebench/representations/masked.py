@@ -38,7 +38,7 @@ class MaskedWeight(SparseWeight):
     name = "masked"
 
     def __init__(self, weight, mask, scheme):
-        super().__init__(weight, mask, scheme)
+        super().__init__(weight, scheme)
         self.register_buffer("kept", mask.detach().clone().bool())
         # the gradient is masked by a float copy: a float multiply runs much faster than a bool one,
         # at 4 bytes per weight of training memory

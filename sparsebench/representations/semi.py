@@ -56,7 +56,7 @@ class SemiWeight(SparseWeight):
                              f"got {shape2d}; leave this layer dense or use 'nm:2:4@masked'")
 
     def __init__(self, weight, mask, scheme):
-        super().__init__(weight, mask, scheme)
+        super().__init__(weight, scheme)
         self.register_buffer("kept", as_matrix(mask).bool().clone())
         self.weight = nn.Parameter((as_matrix(weight).detach() * self.kept).contiguous())
 

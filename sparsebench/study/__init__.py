@@ -8,7 +8,7 @@ to convergence (``cost``). Each unit of work is one ``executors.Task``; the driv
 one validated JSON document per point (``documents``), and ``report`` turns the documents into
 ``STUDY.md`` and PNG plots (numbers from ``analysis``).
 
-Modules: ``points`` (the sweep and its points), ``accuracy``, ``cost``, ``documents``, ``driver``,
-``analysis`` (break-even, Pareto front, means and spreads), ``plots``, ``report``. Harness code: the
-library core never imports it.
+Modules: ``points`` (the sweep and its points), ``accuracy``, ``cost`` (and ``cost_result``, its typed
+result), ``documents``, ``driver``, ``analysis`` (break-even, Pareto front, means and spreads),
+``plots``, ``report``, ``command`` (its command line). Harness code: the library core never imports it.
 """

@@ -16,9 +16,11 @@ from __future__ import annotations
 from ..budgets import get_budget
 from ..cell import Cell
 from ..grid import run_one
+from ..settings import RunSettings
 
 
-def measure_accuracy(arch: str, scheme: str, seed: int, budget: str, data_dir=None, device: str | None = None) -> dict:
-    """Train and measure ``arch`` with ``scheme``; the cell's result document, with its status."""
-    result = run_one(Cell.parse(arch, scheme), get_budget(budget), None, seed, data_dir, device, progress=False)
+def measure_accuracy(arch: str, scheme: str, budget: str, settings: RunSettings) -> dict:
+    """Train and measure ``arch`` with ``scheme`` under ``settings`` (its seed is the point's), without a
+    progress bar (the driver prints a line per point); the cell's result document, with its status."""
+    result = run_one(Cell.parse(arch, scheme), get_budget(budget), None, settings.but(progress=False))
     return {"status": result.status, "reason": result.reason, "result": result.to_dict()}

@@ -1,5 +1,8 @@
 """Numbers the study report shows, from the point documents: accuracy means and spreads, cost rows,
-break-even sparsity, Pareto fronts, and the generated sentences. Pure functions of plain data.
+break-even sparsity, Pareto fronts, and the generated sentences. Pure functions of the documents'
+data: each document's strings are parsed once, here, into pattern values (``patterns.Pattern``) and
+``CostResult`` values; accuracy summaries are keyed by (arch, pattern value) and each cost row holds
+its pattern value under ``pattern``.
 
 Conventions: ``time_ratio`` is the scheme's median step time over dense's, interleaved in one
 process (above 1: slower); ``speedup = 1 / time_ratio``. Spread is the sample standard deviation
@@ -12,8 +15,9 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
+from ..patterns import Pattern, parse_pattern
 from ..schemes import parse_scheme
-from .points import family
+from .cost_result import CostResult
 
 
 def mean_spread(values: list[float]) -> tuple[float, float | None]:
@@ -21,45 +25,48 @@ def mean_spread(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def accuracy_summary(docs: dict[str, dict]) -> dict[tuple[str, str], dict]:
+def accuracy_summary(docs: dict[str, dict]) -> dict[tuple[str, Pattern], dict]:
     """(arch, pattern) -> mean, std and n of accuracy, and the paired delta against dense in points."""
-    acc: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    acc: dict[tuple[str, Pattern], dict[int, float]] = defaultdict(dict)
     for doc in docs.values():
         if doc["point"]["kind"] == "accuracy" and doc["status"] == "ok":
             p = doc["point"]
-            acc[(p["arch"], p["pattern"])][p["seed"]] = doc["value"]["result"]["accuracy"]
+            acc[(p["arch"], parse_pattern(p["pattern"]))][p["seed"]] = doc["value"]["result"]["accuracy"]
+    dense_of = {arch: by_seed for (arch, pattern), by_seed in acc.items() if not pattern.sparse}
     out = {}
     for (arch, pattern), by_seed in acc.items():
         mean, std = mean_spread(list(by_seed.values()))
-        dense = acc.get((arch, "dense"), {})
+        dense = dense_of.get(arch, {})
         deltas = [100 * (a - dense[s]) for s, a in by_seed.items() if s in dense]
         d_mean, d_std = mean_spread(deltas) if deltas else (None, None)
         out[(arch, pattern)] = {"mean": mean, "std": std, "n": len(by_seed), "delta": d_mean, "delta_std": d_std}
     return out
 
 
+def cost_results(docs: dict[str, dict]) -> list[tuple[dict, CostResult]]:
+    """(point description, its CostResult) of every measured cost point."""
+    return [(doc["point"], CostResult.from_dict(doc["value"], f"{doc['key']}: value")) for doc in docs.values()
+            if doc["point"]["kind"] == "cost" and doc["status"] == "ok"]
+
+
 def cost_rows(docs: dict[str, dict]) -> list[dict]:
-    """One flat row per measured cost point, ordered by arch, size, family, sparsity, representation."""
+    """One flat row per measured cost point, ordered by arch, size, family, sparsity, representation.
+    ``scheme`` is the scheme's text, ``pattern`` its pattern value, ``level`` its target sparsity."""
     rows = []
-    for doc in docs.values():
-        p = doc["point"]
-        if p["kind"] != "cost" or doc["status"] != "ok":
-            continue
+    for p, v in cost_results(docs):
         scheme = parse_scheme(p["scheme"])
-        pattern = str(scheme.pattern)
-        v = doc["value"]
-        saving = v["ledger"]["dense_total"] - v["ledger"]["total"]
-        peak_saving = v["peak_memory_bytes"]["dense"] - v["peak_memory_bytes"]["scheme"]
+        saving = v.ledger["dense_total"] - v.ledger["total"]
+        peak_saving = v.peak_memory_bytes["dense"] - v.peak_memory_bytes["scheme"]
         rows.append({
-            "arch": p["arch"], "size": p["size"], "scheme": p["scheme"], "pattern": pattern,
-            "family": family(pattern), "level": scheme.target_sparsity, "rep": scheme.representation,
-            "speedup": v["speedup"], "time_ratio": v["time_ratio"], "peak_ratio": v["peak_ratio"],
-            "peak": v["peak_memory_bytes"]["scheme"], "dense_peak": v["peak_memory_bytes"]["dense"],
-            "ledger": v["ledger"]["total"], "dense_ledger": v["ledger"]["dense_total"],
+            "arch": p["arch"], "size": p["size"], "scheme": p["scheme"], "pattern": scheme.pattern,
+            "family": scheme.pattern.family, "level": scheme.target_sparsity, "rep": scheme.representation,
+            "speedup": v.speedup, "time_ratio": v.time_ratio, "peak_ratio": v.peak_ratio,
+            "peak": v.peak_memory_bytes["scheme"], "dense_peak": v.peak_memory_bytes["dense"],
+            "ledger": v.ledger["total"], "dense_ledger": v.ledger["dense_total"],
             "ledger_share": peak_saving / saving if saving > 0 else None,
-            "size_ratio": v["model_size_bytes"]["scheme"] / v["model_size_bytes"]["dense"],
-            "inference_speedup": v["inference"]["scheme_samples_per_s"] / v["inference"]["dense_samples_per_s"],
-            "chosen": v["representations"], "batch_size": v.get("batch_size"),
+            "size_ratio": v.model_size_bytes["scheme"] / v.model_size_bytes["dense"],
+            "inference_speedup": v.inference["scheme_samples_per_s"] / v.inference["dense_samples_per_s"],
+            "chosen": v.representations, "batch_size": v.batch_size,
         })
     return sorted(rows, key=lambda r: (r["arch"], r["size"], r["family"], r["level"], r["rep"]))
 
@@ -93,7 +100,7 @@ def break_even_table(rows: list[dict]) -> dict[tuple[str, str, str, str], dict]:
     """(arch, size, family, rep) -> break_even over that family's levels (families with a level only)."""
     series: dict[tuple, list] = defaultdict(list)
     for r in rows:
-        if parse_scheme(r["pattern"]).pattern.level is not None:
+        if r["pattern"].level is not None:
             series[(r["arch"], r["size"], r["family"], r["rep"])].append((r["level"], r["time_ratio"]["total"]))
     return {key: break_even(s) | {"levels": len(s)} for key, s in series.items()}
 
@@ -109,7 +116,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i])
 
 
-def fastest(rows: list[dict]) -> dict[tuple[str, str, str], dict]:
+def fastest(rows: list[dict]) -> dict[tuple[str, str, Pattern], dict]:
     """(arch, size, pattern) -> the row of the representation with the highest speed-up."""
     best: dict[tuple, dict] = {}
     for r in rows:
@@ -119,14 +126,12 @@ def fastest(rows: list[dict]) -> dict[tuple[str, str, str], dict]:
     return best
 
 
-def describe_pattern(pattern: str) -> str:
-    """``block:16x16:0.9`` -> ``block 16x16 at 90%``; ``nm:2:4`` -> ``2:4 (N:M)``."""
-    scheme = parse_scheme(pattern)
-    fam = family(pattern)
-    name = fam.replace(":", " ") if fam != pattern else pattern
-    if scheme.pattern.level is None:
-        return f"{pattern.partition(':')[2]} N:M" if scheme.pattern.name == "nm" else name
-    return f"{name} at {scheme.target_sparsity:.0%}"
+def describe_pattern(pattern: Pattern) -> str:
+    """``block:16x16:0.9`` -> ``block 16x16 at 90%``; ``nm:2:4`` -> ``2:4 N:M``; ``dense`` -> ``dense``."""
+    if pattern.level is None:
+        params = pattern.family.removeprefix(pattern.name).removeprefix(":")  # the fixed pattern's parameters
+        return f"{params} N:M" if pattern.name == "nm" else pattern.family
+    return f"{pattern.family.replace(':', ' ')} at {pattern.level:.0%}"
 
 
 def sentence(row: dict, accuracy: dict | None) -> str:
@@ -143,7 +148,7 @@ def sentence(row: dict, accuracy: dict | None) -> str:
     return text + f", and uses {row['peak_ratio']:.2f}x the peak memory."
 
 
-def as_chosen(rows: list[dict]) -> dict[tuple[str, str, str], dict]:
+def as_chosen(rows: list[dict]) -> dict[tuple[str, str, Pattern], dict]:
     """(arch, size, pattern) -> the row of ``auto`` (what a user would pick: the fastest representation
     within dense's memory) where it was measured, else of the fastest representation."""
     best = fastest(rows)
@@ -157,8 +162,7 @@ def sentences(rows: list[dict], acc: dict, size: str, level: float = 0.9) -> lis
     """One sentence per (arch, pattern at ``level`` or without a level) at ``size``, for ``auto`` (else the
     fastest representation: see ``as_chosen``)."""
     out = []
-    for (arch, sz, pattern), row in sorted(as_chosen(rows).items()):
-        scheme = parse_scheme(pattern)
-        if sz == size and (scheme.pattern.level is None or abs(scheme.target_sparsity - level) < 1e-9):
+    for (arch, sz, pattern), row in sorted(as_chosen(rows).items(), key=lambda kv: (*kv[0][:2], str(kv[0][2]))):
+        if sz == size and (pattern.level is None or abs(pattern.level - level) < 1e-9):
             out.append(f"{arch}: " + sentence(row, acc.get((arch, pattern))))
     return out

@@ -8,52 +8,35 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import tempfile
 from pathlib import Path
 
+from ..arguments import seed_count, sparsity_level, writable_dir
+from ..patterns import Pattern
+from ..settings import RunSettings
 from .points import COST_BUDGETS, DEFAULT_LEVELS, FAMILIES, FIXED, LEVELS, REPRESENTATIONS, Sweep
 
 DEFAULT_OUT = Path("results/study")
 
 
-def _pattern(text: str) -> str:
+def pattern_type(text: str) -> str | Pattern:
+    """A pattern family without its sparsity (``block:4x4``: its canonical text) or a fixed pattern
+    (``nm:2:4``: the pattern value)."""
     from ..schemes import parse_scheme
 
     try:
         scheme = parse_scheme(text)
     except ValueError:
         try:
-            parse_scheme(f"{text}:0.5")
+            return parse_scheme(f"{text}:0.5").pattern.family
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a pattern family (e.g. random, block:4x4) or a "
                                              f"fixed pattern (e.g. nm:2:4)") from None
-        return text
     if "@" in text:
         raise argparse.ArgumentTypeError(f"{text!r}: give patterns without a representation (see --representations)")
     if scheme.pattern.level is not None or not scheme.pattern.sparse:
         raise argparse.ArgumentTypeError(f"{text!r}: give a family without its sparsity (e.g. "
-                                         f"{text.rpartition(':')[0] or text}) and the levels with --levels")
-    return str(scheme)
-
-
-def _level(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"a sparsity level must be in (0, 1), got {text}")
-    return value
-
-
-def _seeds(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be in [1, 100], got {text}")
-    return value
+                                         f"{scheme.pattern.family}) and the levels with --levels")
+    return scheme.pattern
 
 
 def add_study_parser(sub) -> None:
@@ -68,10 +51,11 @@ def add_study_parser(sub) -> None:
         "inference) per (arch, size, pattern, sparsity, representation) against dense, interleaved in one "
         "process. One JSON document per point under OUT (an interrupted study resumes; --force reruns), then "
         "STUDY.md and PNG plots.",
-        epilog="Default cost subset (--all lifts it): auto at every point; csr, bsr, bsr_cpp at S = 0.5 and 0.9 "
+        epilog="Default cost subset (--all lifts it): auto at every point; "
+        + ", ".join(r for r in REPRESENTATIONS if r not in ("auto", "masked")) + " at S = 0.5 and 0.9 "
         "and for nm:2:4; masked once per pattern at S = 0.9 (its cost does not depend on S); magnitude at the "
-        "ci size only (its cost is random's). With --budget ci and one seed the default run takes about an "
-        "hour on 2 cores.\n\nExamples:\n  sparsebench study                      # the default study\n"
+        "ci size only (its cost is random's).\n\n"
+        "Examples:\n  sparsebench study                      # the default study\n"
         "  sparsebench study --seeds 3 --only accuracy\n"
         "  sparsebench study --archs cnn --patterns block:16x16 --levels 0.9 --sizes reference\n"
         "  sparsebench study --report-only          # regenerate STUDY.md from the documents")
@@ -81,11 +65,11 @@ def add_study_parser(sub) -> None:
                    help="accuracy budget; it also picks the sizes costed (ci: ci and reference; smoke: smoke)")
     p.add_argument("--sizes", nargs="+", choices=[b for b in BUDGETS if b != "full"],
                    help="budgets whose model sizes and batch are costed (default: by --budget)")
-    p.add_argument("--seeds", type=_seeds, default=1, help="seeds per accuracy point (default 1)")
+    p.add_argument("--seeds", type=seed_count, default=1, help="seeds per accuracy point (default 1)")
     p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
-    p.add_argument("--patterns", nargs="+", type=_pattern, metavar="PATTERN",
-                   help="pattern families and fixed patterns (default: " + " ".join(FAMILIES + FIXED) + ")")
-    p.add_argument("--levels", nargs="+", type=_level, metavar="S",
+    p.add_argument("--patterns", nargs="+", type=pattern_type, metavar="PATTERN",
+                   help="pattern families and fixed patterns (default: " + " ".join(map(str, FAMILIES + FIXED)) + ")")
+    p.add_argument("--levels", nargs="+", type=sparsity_level, metavar="S",
                    help="sparsity levels (default: " + " ".join(map(str, LEVELS)) + "; with --budget smoke "
                    + " ".join(map(str, DEFAULT_LEVELS["smoke"])) + ")")
     p.add_argument("--representations", nargs="+", choices=list(REPRESENTATIONS),
@@ -99,21 +83,11 @@ def add_study_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-def _is_fixed(pattern: str) -> bool:
-    from ..schemes import parse_scheme
-
-    try:
-        parse_scheme(pattern)
-    except ValueError:
-        return False  # a family: it needs a sparsity level
-    return True
-
-
 def sweep_of(args) -> Sweep:
     patterns = args.patterns or list(FAMILIES + FIXED)
     levels = args.levels or DEFAULT_LEVELS[args.budget]
-    return Sweep(archs=tuple(args.archs), families=tuple(p for p in patterns if not _is_fixed(p)),
-                 levels=tuple(sorted(set(levels))), fixed=tuple(p for p in patterns if _is_fixed(p)),
+    return Sweep(archs=tuple(args.archs), families=tuple(p for p in patterns if isinstance(p, str)),
+                 levels=tuple(sorted(set(levels))), fixed=tuple(p for p in patterns if not isinstance(p, str)),
                  representations=tuple(args.representations or REPRESENTATIONS), seeds=args.seeds,
                  budget=args.budget, sizes=tuple(args.sizes or COST_BUDGETS[args.budget]),
                  all_costs=args.all, accuracy=args.only != "cost", cost=args.only != "accuracy")
@@ -144,13 +118,9 @@ def _arch_names():
     return ARCHS
 
 
-def _writable(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise ValueError(f"cannot write to {path}: {err.strerror or err}") from None
+def settings_of(args) -> RunSettings:
+    """The run settings every point uses (each point has its own seed)."""
+    return RunSettings(data_dir=args.data_dir, device=args.device, progress=not args.quiet)
 
 
 def run_command(args, executor=None) -> int:
@@ -162,9 +132,9 @@ def run_command(args, executor=None) -> int:
     if args.report_only and not args.out.is_dir():
         raise ValueError(f"study directory {args.out} does not exist; run the study first")
     for path in {args.out, report_dir}:
-        _writable(path)
+        writable_dir(path)
     if not args.report_only:
-        run_study(sweep, args.out, args.data_dir, args.device, executor, args.force, not args.quiet)
+        run_study(sweep, args.out, settings_of(args), executor, args.force)
     docs, problems = load_documents(sweep, args.out)
     path = build_study_report(docs, problems, report_dir, command_line(args))
     print(f"study: {len(docs)} points ({len(problems)} missing or unusable) -> {path}")

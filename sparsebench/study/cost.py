@@ -8,7 +8,7 @@ builds its own model and optimizer and runs ``budget.memory_steps`` steps, as th
 memory ledger after the timed steps (optimizer state present); saved model sizes; and inference
 throughput (forward passes of one evaluation batch, interleaved).
 
-``measure_cost`` is a module-level function returning plain JSON data: an executor's task.
+``measure_cost`` is a module-level function returning a ``CostResult``: an executor's task.
 """
 
 from __future__ import annotations
@@ -24,8 +24,11 @@ from ..cell import Cell
 from ..ledger import memory_ledger
 from ..measure import environment, peak_memory, representations_of, saved_size, sparsity_report, syncer
 from ..representations import RepresentationUnavailable
+from ..schemes import Scheme, parse_scheme
+from ..settings import RunSettings
 from ..timing import timed
-from ..train import DENSE, Batches, CellRun, make_optimizer, train_step
+from ..train import DENSE, Batches, CellRun, make_optimizer
+from .cost_result import CostResult
 
 PHASES = ("forward", "backward", "optimizer")
 WARMUP = 1  # untimed steps of each model before the timed ones
@@ -91,21 +94,15 @@ def inference_rate(dense, scheme, x, sync=None, repeats: int = INFERENCE_REPEATS
     return {"rows": len(x)} | {f"{name}_samples_per_s": len(x) / statistics.median(t) for name, t in times.items()}
 
 
-def memory_pass(run: CellRun, scheme) -> None:
-    """The untimed pass memray watches: a fresh model and optimizer, ``memory_steps`` training steps."""
-    model = run.new_model(scheme)
-    optimizer = make_optimizer(model, run.training)
-    batches = Batches(len(run.task.y_train), run.training.batch_size, run.seed)
-    for _ in range(run.budget.memory_steps):
-        train_step(model, optimizer, *run.batch(batches.next()))
-
-
-def measure_cost(arch: str, size: str, scheme: str, seed: int = 0, data_dir=None, device: str | None = None) -> dict:
-    """Everything a cost point records, as JSON data (``status`` ok, or skipped with the reason)."""
+def measure_cost(arch: str, size: str, scheme: Scheme | str, settings: RunSettings) -> CostResult:
+    """Everything a cost point records (``status`` ok, or skipped with the reason): ``scheme`` against
+    dense on ``arch`` at the model size and batch of the budget ``size``. Of ``settings``, its seed, data
+    directory and device are used (a cost point shows no progress bar)."""
     start = time.perf_counter()
-    cell = Cell.parse(arch, scheme)
+    cell = Cell.parse(arch, parse_scheme(scheme))
+    seed = settings.seed
     try:
-        run = CellRun(cell, get_budget(size), seed, data_dir, device, progress=False)
+        run = CellRun(cell, get_budget(size), settings.but(progress=False))
         sync = syncer(run.device)
         dense, sparse = run.new_model(DENSE), run.new_model()
         runs = {"dense": (dense, make_optimizer(dense, run.training)),
@@ -121,26 +118,26 @@ def measure_cost(arch: str, size: str, scheme: str, seed: int = 0, data_dir=None
         chosen = representations_of(sparse)
         described = run.arch.describe(dense, run.size)
         del dense, sparse, runs
-        key = (arch, size, seed, str(data_dir), str(run.device))
+        key = (arch, size, seed, str(settings.data_dir), str(run.device))
         if key not in _dense_peaks:  # the process is warm: both models have stepped above
-            _dense_peaks[key] = peak_memory(lambda: memory_pass(run, DENSE), run.device)
+            _dense_peaks[key] = peak_memory(lambda: run.memory_pass(DENSE), run.device)
         dense_peak, method = _dense_peaks[key]
-        peak, _ = peak_memory(lambda: memory_pass(run, cell.scheme), run.device)
+        peak, _ = peak_memory(lambda: run.memory_pass(cell.scheme), run.device)
     except RepresentationUnavailable as why:
-        return {"status": "skipped", "reason": str(why)}
+        return CostResult.skipped(str(why))
     ratio = {phase: times["scheme"][phase] / times["dense"][phase] for phase in (*PHASES, "total")}
-    return {
-        "status": "ok",
-        "batch_size": len(y),
-        "model": described,
-        "time_s": times, "time_ratio": ratio, "speedup": 1 / ratio["total"],
-        "peak_memory_bytes": {"dense": dense_peak, "scheme": peak, "method": method},
-        "peak_ratio": peak / dense_peak,
-        "ledger": ledger, "dense_ledger_total": dense_ledger["total"],
-        "model_size_bytes": sizes,
-        "inference": inference | {"ratio": inference["dense_samples_per_s"] / inference["scheme_samples_per_s"]},
-        "realised_sparsity": sparsity["realised"],
-        "representations": chosen,
-        "seconds": time.perf_counter() - start,
-        "env": environment(run.device),
-    }
+    return CostResult(
+        status="ok",
+        batch_size=len(y),
+        model=described,
+        time_s=times, time_ratio=ratio, speedup=1 / ratio["total"],
+        peak_memory_bytes={"dense": dense_peak, "scheme": peak, "method": method},
+        peak_ratio=peak / dense_peak,
+        ledger=ledger, dense_ledger_total=dense_ledger["total"],
+        model_size_bytes=sizes,
+        inference=inference | {"ratio": inference["dense_samples_per_s"] / inference["scheme_samples_per_s"]},
+        realised_sparsity=sparsity["realised"],
+        representations=chosen,
+        seconds=time.perf_counter() - start,
+        env=environment(run.device),
+    )

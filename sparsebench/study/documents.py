@@ -6,7 +6,8 @@ the architecture's training settings and model size, the measurement's constants
 machine and code version (``measure.environment``: commit, machine fingerprint and class). A document
 is read back only through ``check``: one that is not JSON, is of another schema, belongs to another
 point, was made with other settings or lacks a number it must have is reported and recomputed,
-never trusted.
+never trusted. A cost point's ``value`` is a ``CostResult`` (``cost_result``), an accuracy point's
+holds the grid's ``Result`` of its cell.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from pathlib import Path
 
 from ..archs import get_arch
 from ..budgets import get_budget
-from ..results import Result, is_finite
+from ..results import Result
 from . import cost
+from .cost_result import POINT_STATUSES, CostResult
 
 STUDY_SCHEMA = 1
-STATUSES = ("ok", "skipped")
 
 
 def _plain(obj):
@@ -43,8 +44,10 @@ def point_settings(point) -> dict:
     return _plain(out)
 
 
-def make_document(point, value: dict) -> dict:
-    """The document for ``point`` from its task's return value."""
+def make_document(point, value: dict | CostResult) -> dict:
+    """The document for ``point`` from its task's return value (a CostResult for a cost point)."""
+    if isinstance(value, CostResult):
+        value = value.to_dict()
     return {"study_schema": STUDY_SCHEMA, "key": point.key, "point": _plain(point.describe()),
             "settings": point_settings(point), "status": value.get("status"), "reason": value.get("reason"),
             "value": value, "env": value.get("env") or (value.get("result") or {}).get("env")}
@@ -54,22 +57,8 @@ class Unusable(ValueError):
     """A document that cannot be used for its point; the message says why."""
 
 
-def _need_number(value: dict, path: str, positive: bool = True):
-    node = value
-    for part in path.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    if not is_finite(node) or (positive and node <= 0) or node < 0:
-        raise Unusable(f"value.{path} must be a {'positive ' if positive else ''}finite number, got {node!r}")
-
-
-COST_NUMBERS = ("speedup", "peak_ratio", "time_s.dense.total", "time_s.scheme.total", "time_ratio.forward",
-                "time_ratio.backward", "time_ratio.optimizer", "peak_memory_bytes.dense", "peak_memory_bytes.scheme",
-                "ledger.total", "ledger.dense_total", "dense_ledger_total", "model_size_bytes.dense",
-                "model_size_bytes.scheme", "inference.dense_samples_per_s", "inference.scheme_samples_per_s")
-
-
 def check(doc, point) -> dict:
-    """``doc`` if it is a complete document of ``point`` made with today's settings; else Unusable."""
+    """``doc`` if it is a complete document of ``point`` made with the current settings; else Unusable."""
     if not isinstance(doc, dict):
         raise Unusable(f"expected a JSON object, got {type(doc).__name__}")
     if doc.get("study_schema") != STUDY_SCHEMA:
@@ -78,11 +67,18 @@ def check(doc, point) -> dict:
         raise Unusable(f"it describes another point ({doc.get('key')!r})")
     if doc.get("settings") != point_settings(point):
         raise Unusable("it was made with other settings (budget, model size or measurement)")
-    if doc.get("status") not in STATUSES:
-        raise Unusable(f"status is {doc.get('status')!r}, not one of {', '.join(STATUSES)}")
+    if doc.get("status") not in POINT_STATUSES:
+        raise Unusable(f"status is {doc.get('status')!r}, not one of {', '.join(POINT_STATUSES)}")
     value = doc.get("value")
     if not isinstance(value, dict):
         raise Unusable("it has no value")
+    if point.kind == "cost":
+        try:
+            result = CostResult.from_dict(value, "value")
+        except ValueError as e:
+            raise Unusable(f"its cost result is invalid ({e})") from None
+        if result.status != doc["status"]:
+            raise Unusable(f"its status is {doc['status']!r} but its value's is {result.status!r}")
     if doc["status"] != "ok":
         if not isinstance(doc.get("reason"), str):
             raise Unusable("a skipped point must say why")
@@ -96,13 +92,8 @@ def check(doc, point) -> dict:
         except (TypeError, ValueError) as e:
             raise Unusable(f"its result document is invalid ({e})") from None
         if (result.arch, result.scheme, result.seed, result.budget) != (
-                point.arch, point.training_scheme, point.seed, point.budget):
+                point.arch, str(point.training_scheme), point.seed, point.budget):
             raise Unusable("its result is of another cell")
-    else:
-        for path in COST_NUMBERS:
-            _need_number(value, path)
-        if not isinstance(value.get("representations"), dict):
-            raise Unusable("value.representations must be an object")
     return doc
 
 

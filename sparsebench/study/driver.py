@@ -18,41 +18,44 @@ from ..budgets import get_budget
 from ..cell import Cell
 from ..executors import Task, get_executor
 from ..grid import cell_resources, preflight, results_lock
+from ..settings import RunSettings
+from ..sparsify import POLICIES
 from . import documents
 from .accuracy import measure_accuracy
 from .cost import measure_cost
 from .points import AccuracyPoint, CostPoint, Sweep, accuracy_points, cost_points
 
 
-def plan(sweep: Sweep) -> list[AccuracyPoint | CostPoint]:
+def study_points(sweep: Sweep) -> list[AccuracyPoint | CostPoint]:
+    """Every point of ``sweep``: its accuracy points, then its cost points."""
     return accuracy_points(sweep) + cost_points(sweep)
 
 
-def task_of(point, data_dir=None, device=None) -> Task:
-    """The executor task that measures ``point`` (a module-level function and plain arguments)."""
+def task_of(point, settings: RunSettings) -> Task:
+    """The executor task that measures ``point`` (a module-level function and picklable arguments)."""
     # each point reserves what a grid cell does (its CPUs and torch threads, a GPU on CUDA), so a point run
     # through Ray trains and times at the serial run's thread count
+    point_settings = settings.but(seed=point.seed, progress=False)  # each point has its own seed
     if point.kind == "accuracy":
-        cpus, gpus = cell_resources(get_budget(point.budget), device)
-        return Task(point.key, measure_accuracy, kwargs={"arch": point.arch, "scheme": point.training_scheme,
-                                                         "seed": point.seed, "budget": point.budget,
-                                                         "data_dir": data_dir, "device": device},
+        cpus, gpus = cell_resources(get_budget(point.budget), settings.device)
+        return Task(point.key, measure_accuracy, kwargs={"arch": point.arch, "scheme": str(point.training_scheme),
+                                                         "budget": point.budget, "settings": point_settings},
                     cpus=cpus, gpus=gpus)
-    cpus, gpus = cell_resources(get_budget(point.size), device)
+    cpus, gpus = cell_resources(get_budget(point.size), settings.device)
     return Task(point.key, measure_cost, kwargs={"arch": point.arch, "size": point.size, "scheme": point.scheme,
-                                                 "seed": point.seed, "data_dir": data_dir, "device": device},
+                                                 "settings": point_settings},
                 cpus=cpus, gpus=gpus)
 
 
-def check_points(points, data_dir=None, device=None) -> None:
+def check_points(points, settings: RunSettings) -> None:
     """``grid.preflight`` for every (budget, cell) the points will build: fail before any work."""
-    by_budget: dict[str, set] = {}
+    by_budget: dict[str, dict] = {}
     for p in points:
         budget = p.budget if p.kind == "accuracy" else p.size
         scheme = p.training_scheme if p.kind == "accuracy" else p.scheme
-        by_budget.setdefault(budget, set()).add((p.arch, scheme))
+        by_budget.setdefault(budget, {})[(p.arch, str(scheme))] = Cell.parse(p.arch, scheme)
     for budget, cells in by_budget.items():
-        preflight([Cell.parse(a, s) for a, s in sorted(cells)], get_budget(budget), data_dir, device)
+        preflight([cells[k] for k in sorted(cells)], get_budget(budget), settings)
 
 
 def _say(progress: bool, line: str) -> None:
@@ -60,26 +63,30 @@ def _say(progress: bool, line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def summary(doc: dict) -> str:
+def summary(point, doc: dict) -> str:
     """A point's result in a few words, for its progress line."""
     value = doc["value"]
     if doc["status"] != "ok":
         return f"skipped: {doc['reason']}"
-    if "result" in value:
+    if point.kind == "accuracy":
         return f"accuracy {value['result']['accuracy']:.3f}"
-    return (f"speed-up x{value['speedup']:.2f}, peak x{value['peak_ratio']:.2f} of dense "
-            f"(auto: {', '.join(sorted(set(value['representations'].values())))})"
-            if "@auto" in doc["point"]["scheme"] or "@fastest" in doc["point"]["scheme"] else
-            f"speed-up x{value['speedup']:.2f}, peak x{value['peak_ratio']:.2f} of dense")
+    text = f"speed-up x{value['speedup']:.2f}, peak x{value['peak_ratio']:.2f} of dense"
+    if point.scheme.representation in POLICIES:  # which representations the policy chose
+        text += f" (auto: {', '.join(sorted(set(value['representations'].values())))})"
+    return text
 
 
-def run_study(sweep: Sweep, out_dir: str | Path, data_dir=None, device=None, executor=None, force: bool = False,
-              progress: bool = True) -> dict[str, dict]:
+def run_study(sweep: Sweep, out_dir: str | Path, settings: RunSettings | None = None, executor=None,
+              force: bool = False) -> dict[str, dict]:
     """Measure every point of ``sweep`` not already measured; return every point's document by key.
-    A point whose task failed (a distributed executor reports it) is named and left for the next run."""
+    ``settings``: the data directory and device every point uses, and whether progress lines are printed
+    (each point has its own seed). A point whose task failed (a distributed executor reports it) is
+    named and left for the next run."""
     out_dir = Path(out_dir)
-    points = plan(sweep)
-    check_points(points, data_dir, device)
+    settings = settings or RunSettings()
+    progress = settings.progress
+    points = study_points(sweep)
+    check_points(points, settings)
     executor = executor or get_executor("serial")
     docs, todo = {}, []
     with results_lock(out_dir):
@@ -99,7 +106,7 @@ def run_study(sweep: Sweep, out_dir: str | Path, data_dir=None, device=None, exe
         by_key = {p.key: p for p in todo}
         start = last = time.perf_counter()
         failed = []
-        for i, outcome in enumerate(executor.run([task_of(p, data_dir, device) for p in todo]), 1):
+        for i, outcome in enumerate(executor.run([task_of(p, settings) for p in todo]), 1):
             point = by_key[outcome.task.key]
             now = time.perf_counter()
             took, elapsed, last = now - last, now - start, now
@@ -116,8 +123,8 @@ def run_study(sweep: Sweep, out_dir: str | Path, data_dir=None, device=None, exe
                 _say(progress, f"[{i}/{len(todo)}] {point.key}: FAILED ({error}); rerun the study to retry it")
                 continue
             docs[point.key] = doc
-            _say(progress, f"[{i}/{len(todo)}] {point.key}: {summary(doc)} ({took:.0f} s; {elapsed / 60:.1f} min "
-                           f"so far, about {eta / 60:.0f} min left)")
+            _say(progress, f"[{i}/{len(todo)}] {point.key}: {summary(point, doc)} ({took:.0f} s; "
+                           f"{elapsed / 60:.1f} min so far, about {eta / 60:.0f} min left)")
     if failed:
         _say(progress, f"study: {len(failed)} points failed: {', '.join(failed)}")
     return docs
@@ -126,7 +133,7 @@ def run_study(sweep: Sweep, out_dir: str | Path, data_dir=None, device=None, exe
 def load_documents(sweep: Sweep, out_dir: str | Path) -> tuple[dict[str, dict], list[str]]:
     """The usable documents of ``sweep``'s points in ``out_dir``, and a line for each missing or unusable one."""
     docs, problems = {}, []
-    for point in plan(sweep):
+    for point in study_points(sweep):
         try:
             doc = documents.read(point.path(out_dir), point)
         except documents.Unusable as why:

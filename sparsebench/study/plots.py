@@ -1,18 +1,22 @@
-"""The study's PNG plots, from ``analysis``'s numbers (matplotlib's object API, no pyplot state)."""
+"""The study's PNG plots, from ``analysis``'s numbers (matplotlib's object API, no pyplot state).
+
+A representation's colour is its place in ``schemes.STORES`` in a qualitative colormap, so every
+registered representation has one, the same in every plot."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
 
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from ..schemes import parse_scheme
+from ..schemes import STORES
 from .analysis import fastest, pareto_front
 
 PLOTS = ("accuracy_vs_sparsity.png", "speedup_vs_sparsity.png", "pareto_time.png", "pareto_memory.png")
-REP_COLOURS = {"masked": "tab:gray", "csr": "tab:blue", "bsr": "tab:orange", "bsr_cpp": "tab:green",
-               "auto": "tab:red"}
+_PALETTE = colormaps["tab10" if len(STORES) <= 10 else "tab20"]
+REP_COLOURS = {rep: _PALETTE(i % _PALETTE.N) for i, rep in enumerate(STORES)}
 FAMILY_STYLES = ["o-", "s--", "^-.", "D:", "v-"]
 
 
@@ -30,14 +34,12 @@ def accuracy_vs_sparsity(acc: dict, path: Path) -> None:
         for (a, pattern), s in acc.items():
             if a != arch:
                 continue
-            scheme = parse_scheme(pattern)
-            if not scheme.pattern.sparse:
+            if not pattern.sparse:
                 ax.axhline(s["mean"], color="black", lw=1, label="dense")
                 if s["std"]:
                     ax.axhspan(s["mean"] - s["std"], s["mean"] + s["std"], color="black", alpha=0.1)
                 continue
-            label = pattern.rpartition(":")[0] if scheme.pattern.level is not None else pattern
-            series[label].append((scheme.target_sparsity, s["mean"], s["std"] or 0.0))
+            series[pattern.family].append((pattern.target_sparsity, s["mean"], s["std"] or 0.0))
         for (label, pts), style in zip(sorted(series.items()), FAMILY_STYLES * 3, strict=False):
             pts.sort()
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt=style, capsize=3,
@@ -81,11 +83,12 @@ def pareto(rows: list[dict], acc: dict, path: Path, metric: str, xlabel: str) ->
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, (arch, size) in zip(axes.flat, panels, strict=False):
-        pts, labels, errs = [(1.0, acc[(arch, "dense")]["mean"])] if (arch, "dense") in acc else [], [], []
+        dense = next((s for (a, pattern), s in acc.items() if a == arch and not pattern.sparse), None)
+        pts, labels, errs = [(1.0, dense["mean"])] if dense is not None else [], [], []
         if pts:
             labels.append("dense")
-            errs.append(acc[(arch, "dense")]["std"] or 0.0)
-        for (a, s, pattern), r in sorted(best.items()):
+            errs.append(dense["std"] or 0.0)
+        for (a, s, pattern), r in sorted(best.items(), key=lambda kv: (*kv[0][:2], str(kv[0][2]))):
             if (a, s) == (arch, size) and (arch, pattern) in acc:
                 x = r["time_ratio"]["total"] if metric == "time" else r["peak_ratio"]
                 pts.append((x, acc[(arch, pattern)]["mean"]))

@@ -2,12 +2,16 @@
 
 An **accuracy point** is (arch, pattern, seed) on the accuracy budget; a **cost point** is (arch, size,
 scheme), where the size is a budget's model and batch (``ci``, ``reference``). Points are plain values
-with a stable ``key`` (their document's path under the study directory) and a ``describe()`` that
-their document repeats, so a document can be checked against the point that asked for it.
+holding a pattern value (``patterns.Pattern``) or a ``Scheme``, with a stable ``key`` (their
+document's path under the study directory) and a ``describe()`` that their document repeats (in the
+patterns' and schemes' canonical strings), so a document can be checked against the point that asked
+for it.
 
-The default cost subset (what fits in an hour on 2 cores; ``--all`` lifts it):
+The representations costed are every name ``schemes.STORES`` knows but those in ``NOT_COSTED``, so a
+new representation is costed as soon as it is registered. The default cost subset (``--all`` lifts it):
 - ``auto`` at every (pattern, sparsity): the representation a user would pick;
-- ``csr``, ``bsr`` and ``bsr_cpp`` at the subset levels (S = 0.5 and 0.9) and for ``nm:2:4``;
+- every other representation (``csr``, ``bsr``, ``bsr_cpp``) at the subset levels (S = 0.5 and 0.9)
+  and for ``nm:2:4``;
 - ``masked`` once per pattern, at S = 0.9: it stores the dense weight and a mask whatever S is,
   so its time and memory do not depend on S;
 - ``magnitude`` at the ``ci`` size only: its cost is that of ``random`` at the same S (the same
@@ -20,12 +24,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..schemes import Scheme, parse_scheme
+from ..patterns import Pattern, parse_pattern
+from ..schemes import STORES, Scheme
 
 FAMILIES = ("random", "magnitude", "block:4x4", "block:16x16")  # patterns with a sparsity level
 LEVELS = (0.5, 0.75, 0.9, 0.95)
-FIXED = ("nm:2:4",)  # patterns whose sparsity is fixed by their syntax
-REPRESENTATIONS = ("masked", "csr", "bsr", "bsr_cpp", "auto")
+FIXED: tuple[Pattern, ...] = (parse_pattern("nm:2:4"),)  # patterns whose sparsity is fixed by their syntax
+DENSE: Pattern = parse_pattern("dense")
+# representation names (schemes.STORES) the study does not cost, and why
+NOT_COSTED = {"semi": "CUDA only (2:4 tensor cores): its cost points would be skipped on every CPU",
+              "fastest": "a policy for accuracy points (the fastest whatever its memory); auto is costed"}
+REPRESENTATIONS = tuple(name for name in STORES if name not in NOT_COSTED)  # masked csr bsr bsr_cpp auto
 SUBSET_LEVELS = (0.5, 0.9)
 MASKED_LEVEL = 0.9
 COST_BUDGETS = {"ci": ("ci", "reference"), "smoke": ("smoke",)}  # accuracy budget -> the sizes costed
@@ -35,9 +44,9 @@ DEFAULT_LEVELS = {"ci": LEVELS, "smoke": SUBSET_LEVELS}  # accuracy budget -> it
 @dataclass(frozen=True)
 class Sweep:
     archs: tuple[str, ...] = ("cnn", "transformer")
-    families: tuple[str, ...] = FAMILIES
+    families: tuple[str, ...] = FAMILIES  # pattern families, each swept over ``levels``
     levels: tuple[float, ...] = LEVELS
-    fixed: tuple[str, ...] = FIXED
+    fixed: tuple[Pattern, ...] = FIXED
     representations: tuple[str, ...] = REPRESENTATIONS
     seeds: int = 1
     budget: str = "ci"  # the accuracy budget
@@ -46,43 +55,40 @@ class Sweep:
     accuracy: bool = True
     cost: bool = True
 
-    def patterns(self) -> list[str]:
-        """Canonical pattern strings: dense, each family at each level, the fixed patterns."""
-        out = ["dense"] + [str(parse_scheme(f"{f}:{s}")) for f in self.families for s in self.levels]
-        return out + [str(parse_scheme(p)) for p in self.fixed]
+    def patterns(self) -> list[Pattern]:
+        """Dense, each family at each level, the fixed patterns."""
+        return [DENSE, *(parse_pattern(f"{f}:{s}") for f in self.families for s in self.levels), *self.fixed]
 
 
-def family(pattern: str) -> str:
-    """``block:4x4:0.9`` -> ``block:4x4``; a pattern without a sparsity parameter is its own family."""
-    scheme = parse_scheme(pattern)
-    return pattern.rpartition(":")[0] if scheme.pattern.level is not None else pattern
-
-
-def level(pattern: str) -> float:
-    return parse_scheme(pattern).target_sparsity
+def _require(value, kind, what: str) -> None:
+    if not isinstance(value, kind):
+        raise TypeError(f"{what} must be a {kind.__name__} value, got {value!r}")
 
 
 @dataclass(frozen=True)
 class AccuracyPoint:
     arch: str
-    pattern: str  # canonical, without a representation
+    pattern: Pattern  # without a representation
     seed: int
     budget: str
     kind = "accuracy"
 
+    def __post_init__(self):
+        _require(self.pattern, Pattern, "an accuracy point's pattern")
+
     @property
-    def training_scheme(self) -> str:
+    def training_scheme(self) -> Scheme:
         """The scheme it trains with: ``fastest`` (per layer the fastest valid representation here,
         whatever its memory: every representation computes the same function); dense stays dense."""
-        return self.pattern if not parse_scheme(self.pattern).pattern.sparse else f"{self.pattern}@fastest"
+        return Scheme(self.pattern, "fastest") if self.pattern.sparse else Scheme(self.pattern)
 
     @property
     def key(self) -> str:
-        return f"accuracy/{self.budget}/{self.arch}/{parse_scheme(self.pattern).pattern.slug}-seed{self.seed}"
+        return f"accuracy/{self.budget}/{self.arch}/{self.pattern.slug}-seed{self.seed}"
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "arch": self.arch, "pattern": self.pattern, "seed": self.seed,
-                "budget": self.budget, "training_scheme": self.training_scheme}
+        return {"kind": self.kind, "arch": self.arch, "pattern": str(self.pattern), "seed": self.seed,
+                "budget": self.budget, "training_scheme": str(self.training_scheme)}
 
     def path(self, out_dir: str | os.PathLike) -> Path:
         return Path(out_dir) / f"{self.key}.json"
@@ -92,44 +98,46 @@ class AccuracyPoint:
 class CostPoint:
     arch: str
     size: str  # the budget whose model sizes, batch and timing steps are used
-    scheme: str  # canonical PATTERN@REPRESENTATION
+    scheme: Scheme
     seed: int = 0
     kind = "cost"
 
+    def __post_init__(self):
+        _require(self.scheme, Scheme, "a cost point's scheme")
+
     @property
     def key(self) -> str:
-        return f"cost/{self.size}/{self.arch}/{parse_scheme(self.scheme).slug}"
+        return f"cost/{self.size}/{self.arch}/{self.scheme.slug}"
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "arch": self.arch, "size": self.size, "scheme": self.scheme, "seed": self.seed}
+        return {"kind": self.kind, "arch": self.arch, "size": self.size, "scheme": str(self.scheme), "seed": self.seed}
 
     def path(self, out_dir: str | os.PathLike) -> Path:
         return Path(out_dir) / f"{self.key}.json"
 
 
-def representations_for(pattern: str, representations) -> list[str]:
-    """The representations that can store ``pattern`` (schemes.STORES decides; ``semi`` is left to
-    its own machines: it is CUDA-only)."""
+def representations_for(pattern: Pattern, representations) -> list[str]:
+    """The representations of ``representations`` that can store ``pattern`` (schemes.STORES decides)."""
     out = []
     for rep in representations:
         try:
-            Scheme(parse_scheme(pattern).pattern, rep)
+            Scheme(pattern, rep)
         except ValueError:
             continue
         out.append(rep)
     return out
 
 
-def in_default_subset(pattern: str, rep: str, size: str) -> bool:
+def in_default_subset(pattern: Pattern, rep: str, size: str) -> bool:
     """Whether the default (not ``--all``) cost sweep measures ``pattern@rep`` at ``size`` (module doc)."""
-    if family(pattern) == "magnitude" and size != "ci":
+    if pattern.family == "magnitude" and size != "ci":
         return False
-    fixed = parse_scheme(pattern).pattern.level is None
+    fixed = pattern.level is None
     if rep == "auto":
         return True
     if rep == "masked":
-        return fixed or level(pattern) == MASKED_LEVEL
-    return fixed or level(pattern) in SUBSET_LEVELS
+        return fixed or pattern.level == MASKED_LEVEL
+    return fixed or pattern.level in SUBSET_LEVELS
 
 
 def accuracy_points(sweep: Sweep) -> list[AccuracyPoint]:
@@ -148,5 +156,5 @@ def cost_points(sweep: Sweep) -> list[CostPoint]:
             for pattern in sweep.patterns()[1:]:  # dense is the reference inside every cost point
                 for rep in representations_for(pattern, sweep.representations):
                     if sweep.all_costs or in_default_subset(pattern, rep, size):
-                        points.append(CostPoint(arch, size, str(Scheme(parse_scheme(pattern).pattern, rep))))
+                        points.append(CostPoint(arch, size, Scheme(pattern, rep)))
     return points

@@ -1,5 +1,6 @@
-// CSR CPU training kernels for unstructured (element-wise) sparsity, int32 indices, on row-major
-// activations ((n, in) / (n, out)) as the layers around them produce and consume them:
+// CSR CPU training kernels for unstructured (element-wise) sparsity, on row-major activations
+// ((n, in) / (n, out)) as the layers around them produce and consume them. Row pointers and perm
+// are int32; column indices int16 or int32 (int16 where the matrix has at most 32767 columns):
 //   csr_mm     Y[t, i] = bias[i] + sum_k vals[k] * X[t, col[k]]    forward (A = W), input grad (A = W^T:
 //              its values read through perm, vals[perm[k]], so W^T's values are never copied out)
 //   csr_sddmm  g[k]    = sum_t DY[t, row(k)] * X[t, col[k]]         weight grad at kept positions only
@@ -194,8 +195,8 @@ torch::Tensor check_vals(const torch::Tensor& v, int64_t nnz) {
   return v.contiguous();
 }
 
-// Column indices: int16 where the matrix has at most 32767 columns (half the index memory of int32,
-// which every layer here needs), else int32.
+// Column indices: int16 or int32. sparsebench stores int16 where the matrix has at most 32767
+// columns (half the index memory of int32), else int32.
 torch::Tensor check_col(const torch::Tensor& col) {
   TORCH_CHECK_VALUE(col.scalar_type() == torch::kShort || col.scalar_type() == torch::kInt,
                     "col must be int16 or int32, got ", col.scalar_type());
@@ -341,8 +342,9 @@ torch::Tensor csr_sddmm(const torch::Tensor& row_ptr_in, const torch::Tensor& co
   return g;
 }
 
-// The training op: Y = X @ W^T + bias, row-major. Takes W^T's structure too (t_row_ptr, t_col,
-// perm: values[perm] are W^T's values) so its backward needs nothing but the op's inputs.
+// The training op: Y = X @ W^T + bias, row-major. Takes W^T's structure too (t_row_ptr and perm
+// int32, t_col int16 or int32; values[perm] are W^T's values) so its backward needs nothing but
+// the op's inputs.
 torch::Tensor csr_linear(const torch::Tensor& x, const torch::Tensor& values, const std::optional<torch::Tensor>& bias,
                          const torch::Tensor& row_ptr, const torch::Tensor& col, const torch::Tensor& t_row_ptr,
                          const torch::Tensor& t_col, const torch::Tensor& perm) {
