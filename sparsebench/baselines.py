@@ -20,7 +20,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from .atomic import clean_orphans, fsync_dir, locked
+from .atomic import clean_orphans, fsync_dir, locked, read_json
 from .cell import Cell
 from .results import SCHEMA_VERSION, KiB, MiB, Result, is_finite, is_safe_name, scan_results, write_json_temp
 
@@ -109,9 +109,9 @@ def load_baseline(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise BaselineError(f"baseline {path} does not exist; {fix}")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BaselineError(f"baseline {path} is unreadable ({e}); {fix}") from e
+        doc = read_json(path, "baseline")
+    except ValueError as e:
+        raise BaselineError(f"{e}; {fix}") from e
     if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:
         version = doc.get("schema_version") if isinstance(doc, dict) else None
         raise BaselineError(f"baseline {path} has schema_version {version!r}, expected {SCHEMA_VERSION}; {fix}")

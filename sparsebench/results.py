@@ -7,14 +7,14 @@ A results directory is scanned recursively; only JSON objects having both ``sche
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .atomic import write_json_atomic, write_json_temp  # noqa: F401  (the result writers' API)
+from .atomic import read_json, write_json_atomic, write_json_temp  # noqa: F401  (the result writers' API)
+from .fields import check_fields, field_spec
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")  # a name read from a file that may become a path
 
@@ -33,54 +33,43 @@ def is_finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _spec(kind: str, *, identity: bool = False, lo: float | None = None, hi: float | None = None,
-          positive: bool = False, optional: bool = False):
-    """A result field: its JSON kind and its physical bounds. Identity fields are required in every
-    document; the others in a complete ("ok") one, unless optional."""
-    return field(default=None, metadata={"kind": kind, "identity": identity, "lo": lo, "hi": hi,
-                                         "positive": positive, "optional": optional})
-
-
-_KINDS = {"str": (str,), "int": (int,), "number": (int, float), "dict": (dict,)}
-
-
 @dataclass(frozen=True)
 class Result:
-    schema_version: int = _spec("int", identity=True)
-    status: str = _spec("str", identity=True)  # "ok", "skipped" (with reason) or "error"
-    arch: str = _spec("str", identity=True)
-    scheme: str = _spec("str", identity=True)
-    slug: str = _spec("str", identity=True)
-    budget: str = _spec("str", identity=True)
-    reason: str | None = _spec("str", optional=True)  # why a cell did not run
-    pattern: str = _spec("str")
-    representation: str = _spec("str")
-    target_sparsity: float = _spec("number", lo=0, hi=1)
-    budget_settings: dict = _spec("dict")
-    seed: int = _spec("int")
-    dataset: dict = _spec("dict")
-    model: dict = _spec("dict")
-    accuracy: float = _spec("number", lo=0, hi=1)
-    final_loss: float = _spec("number", lo=0)
-    train_time_s: float = _spec("number", lo=0)
-    steps: int = _spec("int", lo=0)
-    samples: int = _spec("int", lo=0)
-    step_time_s: float = _spec("number", lo=0)
-    inference_time_s: float = _spec("number", lo=0)
-    inference_samples_per_s: float = _spec("number", lo=0)
-    peak_memory_bytes: int = _spec("number", lo=0)
-    peak_memory_method: str = _spec("str")
-    ledger: dict = _spec("dict")
-    ledger_bytes: int = _spec("number", lo=0)  # ledger["total"], flat so the gate can compare it
-    model_size_bytes: int = _spec("number", lo=0)
-    dense_model_size_bytes: int = _spec("number", lo=0)
-    sparsity: dict = _spec("dict")
-    realised_sparsity: float = _spec("number", lo=0, hi=1)
-    representations: dict = _spec("dict", optional=True)
-    kernels: dict = _spec("dict", optional=True)
-    time_ratio_vs_dense: float = _spec("number", positive=True)
-    step_times_s: dict = _spec("dict", optional=True)
-    env: dict = _spec("dict")
+    schema_version: int = field_spec("int", identity=True)
+    status: str = field_spec("str", identity=True)  # "ok", "skipped" (with reason) or "error"
+    arch: str = field_spec("str", identity=True)
+    scheme: str = field_spec("str", identity=True)
+    slug: str = field_spec("str", identity=True)
+    budget: str = field_spec("str", identity=True)
+    reason: str | None = field_spec("str", optional=True)  # why a cell did not run
+    pattern: str = field_spec("str")
+    representation: str = field_spec("str")
+    target_sparsity: float = field_spec("number", lo=0, hi=1)
+    budget_settings: dict = field_spec("dict")
+    seed: int = field_spec("int")
+    dataset: dict = field_spec("dict")
+    model: dict = field_spec("dict")
+    accuracy: float = field_spec("number", lo=0, hi=1)
+    final_loss: float = field_spec("number", lo=0)
+    train_time_s: float = field_spec("number", lo=0)
+    steps: int = field_spec("int", lo=0)
+    samples: int = field_spec("int", lo=0)
+    step_time_s: float = field_spec("number", lo=0)
+    inference_time_s: float = field_spec("number", lo=0)
+    inference_samples_per_s: float = field_spec("number", lo=0)
+    peak_memory_bytes: int = field_spec("number", lo=0)
+    peak_memory_method: str = field_spec("str")
+    ledger: dict = field_spec("dict")
+    ledger_bytes: int = field_spec("number", lo=0)  # ledger["total"], flat so the gate can compare it
+    model_size_bytes: int = field_spec("number", lo=0)
+    dense_model_size_bytes: int = field_spec("number", lo=0)
+    sparsity: dict = field_spec("dict")
+    realised_sparsity: float = field_spec("number", lo=0, hi=1)
+    representations: dict = field_spec("dict", optional=True)
+    kernels: dict = field_spec("dict", optional=True)
+    time_ratio_vs_dense: float = field_spec("number", positive=True)
+    step_times_s: dict = field_spec("dict", optional=True)
+    env: dict = field_spec("dict")
 
     def __post_init__(self):
         validate_result(asdict(self))
@@ -144,13 +133,7 @@ def validate_result(doc: dict, path: str | os.PathLike | None = None) -> None:
         raise ValueError(f"{where}: unknown key {sorted(unknown)[0]!r} (schema {SCHEMA_VERSION})")
     _check_identity(where, doc)
     ok = doc["status"] == "ok"
-    for key, spec in FIELDS.items():
-        value = doc.get(key)
-        if value is None:
-            if ok and not spec["optional"]:
-                raise ValueError(f"{where}: missing key {key!r}")
-            continue
-        _check_value(where, key, value, spec)
+    check_fields(where, doc, FIELDS, complete=ok)
     if not ok:
         return
     for key in ("total", "dense_total"):
@@ -193,20 +176,6 @@ def _check_identity(where: str, doc: dict) -> None:
         raise ValueError(f"{where}: key 'budget' must be a file-safe name, got {doc['budget']!r}")
 
 
-def _check_value(where: str, key: str, value, spec) -> None:
-    kind = spec["kind"]
-    if not isinstance(value, _KINDS[kind]) or isinstance(value, bool):
-        raise ValueError(f"{where}: key {key!r} must be {'a whole number' if kind == 'int' else 'a ' + kind}, "
-                         f"got {value!r}")
-    if kind in ("int", "number"):
-        if not math.isfinite(value):
-            raise ValueError(f"{where}: key {key!r} must be a finite number, got {value!r}")
-        lo, hi = spec["lo"], spec["hi"]
-        if (lo is not None and value < lo) or (hi is not None and value > hi) or (spec["positive"] and value <= 0):
-            bounds = "> 0" if spec["positive"] else f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-            raise ValueError(f"{where}: key {key!r} must be {bounds}, got {value!r}")
-
-
 def result_path(out_dir: str | os.PathLike, arch: str, slug: str) -> Path:
     """The place of a cell's document: ``OUT_DIR/<arch>/<slug>.json`` (Cell.path for a Cell)."""
     return Path(out_dir) / arch / f"{slug}.json"
@@ -231,10 +200,10 @@ def read_result(path: str | os.PathLike) -> Result | None:
     """The result in ``path``, or None if the file is other JSON; ValueError naming the file if corrupt."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        doc = read_json(path, "result")
+    except ValueError as e:
         # A truncated or garbled *.json in a results directory is most likely a result; never skip it silently.
-        raise ValueError(f"result {path}: cannot read it as JSON ({e}); delete it or rerun that cell") from e
+        raise ValueError(f"{e}; delete it or rerun that cell") from e
     if not isinstance(doc, dict):
         # only results and other tools' JSON objects live in a results directory; a list is neither
         raise ValueError(f"result {path}: expected a JSON object, got a JSON {type(doc).__name__}; "

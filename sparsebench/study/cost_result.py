@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from ..results import _check_value, _spec
+from ..fields import check_fields, check_value, field_spec
 
 POINT_STATUSES = ("ok", "skipped")  # skipped: its representation cannot run on this machine, see reason
 
-_POSITIVE = _spec("number", positive=True).metadata
+_POSITIVE = field_spec("number", positive=True).metadata
 # numbers inside the object fields that every measured point has (a path of keys, dot-separated)
 NESTED_NUMBERS = ("time_s.dense.total", "time_s.scheme.total", "time_ratio.forward", "time_ratio.backward",
                   "time_ratio.optimizer", "time_ratio.total", "peak_memory_bytes.dense", "peak_memory_bytes.scheme",
@@ -25,23 +25,23 @@ NESTED_NUMBERS = ("time_s.dense.total", "time_s.scheme.total", "time_ratio.forwa
 
 @dataclass(frozen=True)
 class CostResult:
-    status: str = _spec("str", identity=True)  # "ok" or "skipped" (with reason)
-    reason: str | None = _spec("str", optional=True)
-    batch_size: int = _spec("int", positive=True)
-    model: dict = _spec("dict")  # the architecture's description of the model costed
-    time_s: dict = _spec("dict")  # per model (dense, scheme): median seconds per phase and total, per-step totals
-    time_ratio: dict = _spec("dict")  # per phase and total: the scheme's median over dense's
-    speedup: float = _spec("number", positive=True)  # 1 / time_ratio["total"]
-    peak_memory_bytes: dict = _spec("dict")  # dense, scheme, method
-    peak_ratio: float = _spec("number", positive=True)
-    ledger: dict = _spec("dict")  # the scheme model's memory ledger (total, dense_total, ...)
-    dense_ledger_total: float = _spec("number", positive=True)
-    model_size_bytes: dict = _spec("dict")  # dense, scheme
-    inference: dict = _spec("dict")  # rows, dense_samples_per_s, scheme_samples_per_s, ratio
-    realised_sparsity: float = _spec("number", lo=0, hi=1)
-    representations: dict = _spec("dict")  # layer -> the representation it stores (auto: what it chose)
-    seconds: float = _spec("number", lo=0)  # the measurement's wall-clock time
-    env: dict = _spec("dict")  # measure.environment
+    status: str = field_spec("str", identity=True)  # "ok" or "skipped" (with reason)
+    reason: str | None = field_spec("str", optional=True)
+    batch_size: int = field_spec("int", positive=True)
+    model: dict = field_spec("dict")  # the architecture's description of the model costed
+    time_s: dict = field_spec("dict")  # per model (dense, scheme): median seconds per phase and total, per-step totals
+    time_ratio: dict = field_spec("dict")  # per phase and total: the scheme's median over dense's
+    speedup: float = field_spec("number", positive=True)  # 1 / time_ratio["total"]
+    peak_memory_bytes: dict = field_spec("dict")  # dense, scheme, method
+    peak_ratio: float = field_spec("number", positive=True)
+    ledger: dict = field_spec("dict")  # the scheme model's memory ledger (total, dense_total, ...)
+    dense_ledger_total: float = field_spec("number", positive=True)
+    model_size_bytes: dict = field_spec("dict")  # dense, scheme
+    inference: dict = field_spec("dict")  # rows, dense_samples_per_s, scheme_samples_per_s, ratio
+    realised_sparsity: float = field_spec("number", lo=0, hi=1)
+    representations: dict = field_spec("dict")  # layer -> the representation it stores (auto: what it chose)
+    seconds: float = field_spec("number", lo=0)  # the measurement's wall-clock time
+    env: dict = field_spec("dict")  # measure.environment
 
     def __post_init__(self):
         validate_cost_result(asdict(self))
@@ -64,7 +64,6 @@ class CostResult:
 
 
 FIELDS = {f.name: f.metadata for f in fields(CostResult)}
-REQUIRED_KEYS = tuple(k for k, m in FIELDS.items() if not m["optional"])  # every key of a measured point's value
 
 
 def _at(doc: dict, path: str):
@@ -86,13 +85,7 @@ def validate_cost_result(doc, where: str = "cost result") -> None:
     ok = doc["status"] == "ok"
     if not ok and not isinstance(doc.get("reason"), str):
         raise ValueError(f"{where}: status {doc['status']!r} needs a 'reason' (why the point was not measured)")
-    if ok:
-        missing = next((key for key in REQUIRED_KEYS if doc.get(key) is None), None)
-        if missing:
-            raise ValueError(f"{where}: missing key {missing!r}")
-    for key, value in doc.items():  # every key is a field (unknown keys were refused above)
-        if value is not None:
-            _check_value(where, key, value, FIELDS[key])
+    check_fields(where, doc, FIELDS, complete=ok)
     if ok:
         for path in NESTED_NUMBERS:
-            _check_value(where, path, _at(doc, path), _POSITIVE)
+            check_value(where, path, _at(doc, path), _POSITIVE)

@@ -18,6 +18,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 from ..archs import get_arch
+from ..atomic import read_json
 from ..budgets import get_budget
 from ..results import Result
 from . import cost
@@ -103,7 +104,7 @@ def read(path: str | os.PathLike, point) -> dict | None:
     if not path.is_file():
         return None
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise Unusable(f"not readable as JSON ({e})") from None
+        doc = read_json(path, "document")
+    except ValueError as e:
+        raise Unusable(f"not readable as JSON ({e.__cause__})") from None
     return check(doc, point)
