@@ -1,5 +1,5 @@
 """One cell of the grid, end to end: data, model, sparsify, the fixed-budget training loop,
-evaluation, and every measurement of SPEC §2, returned as a ``Result``."""
+evaluation, and every measurement a cell records (docs/design.md), returned as a ``Result``."""
 
 from __future__ import annotations
 
