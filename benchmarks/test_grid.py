@@ -5,8 +5,9 @@ test (ids like ``cnn-block4x4-0.5-bsr``, grouped by architecture), run by the sa
 Each round trains a fresh seeded model (pedantic's untimed ``setup``), so no round ever continues
 on already-trained weights; pytest-benchmark times the training loop alone. Every field of the
 cell's Result goes into ``extra_info``, so a saved pytest-benchmark JSON holds the whole result, and
-the result document is also written to ``--results-dir``. With the gate on (default), the cell fails when a gated metric regresses beyond its baseline for this machine class; at the end
-the whole directory is gated once more (conftest), which also fails the run for a cell it lost.
+the result document is also written to ``--results-dir``. With the gate on (default), the cell fails
+when a gated metric regresses beyond its baseline for this machine class; at the end the whole
+directory is gated once more (conftest), which also fails the run for a cell it lost.
 
 Under pytest-xdist (``-n 2``) pytest-benchmark switches its own timer off (and says so); the cells
 still train, measure themselves and are gated exactly the same.
