@@ -288,7 +288,9 @@ def test_mask_that_stops_holding_fails_realised_sparsity(data_and_baselines, cac
 
 
 def test_representation_made_slower_fails_time_ratio(data_and_baselines, cache, monkeypatch):
-    # the fault: the csr representation makes every training step of its model take 1.5x as long.
+    # the fault: the csr representation makes every training step of its model take twice as long
+    # (past the tolerance's 40% cap however noisy the machine: a loaded 2-core runner moves a 1.5x fault
+    # to within its tolerance now and then).
     # Injected per step, not per csr product: with sparsebench's kernels the products are a minor
     # part of a smoke-size step, so a 1.5x slower product moves the step by less than the noise
     # floor; the gate judges the step.
@@ -298,7 +300,7 @@ def test_representation_made_slower_fails_time_ratio(data_and_baselines, cache, 
         start = time.perf_counter()
         loss = original(model, *args)
         if any(isinstance(m, csr.CsrWeight) for m in model.modules()):
-            time.sleep(0.5 * (time.perf_counter() - start))
+            time.sleep(time.perf_counter() - start)
         return loss
 
     monkeypatch.setattr(train, "train_step", slower)
