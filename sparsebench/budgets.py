@@ -25,6 +25,9 @@ class Training:
     train_size: int | None = None  # first N training rows (rows are pre-shuffled); None = all
     test_size: int | None = None  # evaluation rows (IMDB: balanced, half per label); None = all
     eval_batch_size: int = 500
+    augment: str = "none"  # a name in augment.AUGMENTATIONS, applied to training batches only
+    curve_points: int = 5  # learning-curve evaluations after step 0 (curves.py), evenly spaced
+    curve_rows: int = 1000  # rows of the test split in the curve's fixed slice
 
     def total_steps(self, n_train: int) -> int:
         if self.steps is not None:
@@ -54,6 +57,9 @@ BUDGETS: dict[str, Budget] = {
     "full": Budget("full", timing_steps=20, memory_steps=3, device="cuda"),  # the reference experiment, on a GPU
     # the reference model sizes for a few steps: time and memory at the real size, not accuracy
     "reference": Budget("reference", timing_steps=3, memory_steps=2),
+    # both architectures trained close to convergence on 2 CPU cores (archs.py: what each trains for, and
+    # where it departs from the seed's Adam, lr 1e-3, batch 64)
+    "converge": Budget("converge", timing_steps=5, memory_steps=2),
 }
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .atomic import read_json, write_json_atomic, write_json_temp  # noqa: F401  (the result writers' API)
+from .curves import check_curve
 from .fields import check_fields, field_spec
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")  # a name read from a file that may become a path
@@ -69,6 +70,7 @@ class Result:
     kernels: dict = field_spec("dict", optional=True)
     time_ratio_vs_dense: float = field_spec("number", positive=True)
     step_times_s: dict = field_spec("dict", optional=True)
+    curve: dict = field_spec("dict", optional=True)  # the learning curve (curves.py)
     env: dict = field_spec("dict")
 
     def __post_init__(self):
@@ -148,6 +150,8 @@ def validate_result(doc: dict, path: str | os.PathLike | None = None) -> None:
     if not is_safe_name(doc["env"]["machine_class"]):
         raise ValueError(f"{where}: key 'env.machine_class' must be a file-safe name (letters, digits, '.', '_', "
                          f"'-'; no leading dot), got {doc['env']['machine_class']!r}")
+    if doc.get("curve") is not None:
+        check_curve(doc["curve"], f"{where}: key 'curve'")
 
 
 def _check_identity(where: str, doc: dict) -> None:

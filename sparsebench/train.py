@@ -14,8 +14,10 @@ from tqdm.auto import tqdm
 
 from . import allocator, timing
 from .archs import LoadedData, get_arch
+from .augment import get_augmentation
 from .budgets import Budget, Training
 from .cell import Cell
+from .curves import CurveRecorder, slice_rows
 from .ledger import memory_ledger
 from .measure import (
     environment,
@@ -94,6 +96,7 @@ class Trained:
     losses: torch.Tensor
     seconds: float
     batch_size: int
+    curve: dict  # curves.CurveRecorder.document()
 
 
 class CellRun:
@@ -143,43 +146,70 @@ class CellRun:
         if self.ready is None:
             raise RuntimeError("call fresh() before train(): every training run starts from a fresh seeded model")
         run, self.ready = self.ready, None  # never train these weights again
-        budget, losses = self.budget, []
+        budget, training, losses = self.budget, self.training, []
+        augment = get_augmentation(training.augment)
+        augment_gen = torch.Generator().manual_seed(self.seed + 7919)  # its own stream: the batch order stays
+        curve = CurveRecorder(training.curve_points, None if budget.seconds else self.steps, budget.seconds)
+        rows = slice_rows(len(self.task.y_test), training.curve_rows).to(self.device)
+
+        def slice_accuracy() -> float:
+            return self.evaluate(run.model, self.task.x_test[rows], self.task.y_test[rows])[0]
+
         bar = tqdm(total=None if budget.seconds else self.steps, desc=str(self.cell), unit="step",
                    disable=not self.settings.progress, leave=False, dynamic_ncols=True)
+        curve.add(0, 0.0, slice_accuracy())
+        seconds = 0.0  # training time only: the clock stops while the curve is evaluated
         sync(self.device)
         start = time.perf_counter()
-        while (time.perf_counter() - start < budget.seconds) if budget.seconds else len(losses) < self.steps:
-            losses.append(train_step(run.model, run.optimizer, *self.batch(run.batches.next())))
+        while (seconds + time.perf_counter() - start < budget.seconds) if budget.seconds else len(losses) < self.steps:
+            x, y = self.batch(run.batches.next())
+            if augment is not None:
+                x = augment(x, augment_gen)
+            losses.append(train_step(run.model, run.optimizer, x, y))
+            curve.saw(losses[-1])
             if run.schedule is not None:
                 run.schedule.step()
             if len(losses) % 10 == 0:
                 bar.set_postfix(loss=f"{float(losses[-1]):.3f}", refresh=False)
             bar.update()
+            if curve.due(len(losses), seconds + time.perf_counter() - start):
+                sync(self.device)
+                seconds += time.perf_counter() - start
+                curve.add(len(losses), seconds, slice_accuracy())
+                bar.set_postfix(loss=f"{float(losses[-1]):.3f}", slice_accuracy=f"{curve.recorded[-1].accuracy:.3f}",
+                                refresh=False)
+                sync(self.device)
+                start = time.perf_counter()
         sync(self.device)
-        seconds = time.perf_counter() - start
+        seconds += time.perf_counter() - start
+        curve.finish(len(losses), seconds, slice_accuracy)
         bar.close()
         losses = torch.stack(losses).float().cpu()
         if not torch.isfinite(losses).all():
             raise FloatingPointError(f"{self.cell}: training loss became non-finite "
                                      f"at step {int((~torch.isfinite(losses)).nonzero()[0])}")
-        self.trained = Trained(run.model, run.optimizer, losses, seconds, run.batches.batch_size)
+        self.trained = Trained(run.model, run.optimizer, losses, seconds, run.batches.batch_size,
+                               curve.document(len(rows)))
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> tuple[float, float]:
-        """Top-1 accuracy on the test set, and the wall time of predicting it."""
+    def evaluate(self, model: nn.Module, x: torch.Tensor | None = None,
+                 y: torch.Tensor | None = None) -> tuple[float, float]:
+        """Top-1 accuracy on ``x, y`` (default: the test set), and the wall time of predicting it."""
         model.eval()
-        task, size = self.task, self.training.eval_batch_size
+        x = self.task.x_test if x is None else x
+        y = self.task.y_test if y is None else y
+        size = self.training.eval_batch_size
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
 
         def predict_all():
             nonlocal correct
-            for i in range(0, len(task.y_test), size):
-                logits = model(self.arch.inputs(task.x_test[i:i + size]))
-                correct += (logits.argmax(1) == task.y_test[i:i + size]).sum()
+            for i in range(0, len(y), size):
+                logits = model(self.arch.inputs(x[i:i + size]))
+                correct += (logits.argmax(1) == y[i:i + size]).sum()
 
         seconds = timing.timed(predict_all, syncer(self.device))
         model.train()
-        return int(correct) / len(task.y_test), seconds
+        return int(correct) / len(y), seconds
 
     def interleaved_times(self) -> tuple[list[float], list[float]]:
         """Step times of a fresh dense and a fresh scheme model on the same batch, interleaved in this process."""
@@ -232,5 +262,6 @@ class CellRun:
             step_times_s={"dense": dense_times, "scheme": scheme_times,
                           "dense_median": statistics.median(dense_times),
                           "scheme_median": statistics.median(scheme_times)},
+            curve=trained.curve,
             env=environment(self.device),
         )

@@ -49,11 +49,12 @@ def test_smoke_study_writes_every_point_the_report_and_the_plots(smoke_study):
     if expected and os.environ.get("SPARSEBENCH_REQUIRE_KERNELS") == "1":
         pytest.fail(f"sparse kernels unavailable: {kernels.unavailable_reason()}")
     text = (smoke_study / "STUDY.md").read_text()
-    for heading in ("## In a sentence", "## Break-even sparsity", "## Accuracy", "## Pareto fronts",
-                    "## Peak memory against dense", "## Cost per point"):
+    for heading in ("## In a sentence", "## Break-even sparsity", "## Accuracy", "## Time to accuracy",
+                    "## Pareto fronts", "## Peak memory against dense", "## Cost per point"):
         assert heading in text
     assert "`sparsebench study --out " in text and "--budget smoke" in text  # the command that regenerates it
-    assert "on this machine, block 16x16 at 90%" in text
+    assert "on this machine, block 16x16 at 90% (auto)" in text
+    assert "CNN 64-128-256, fc 512, batch 16" in text  # the model and batch of every number
     assert "| cnn         | smoke  | block:16x16 |" in text  # a break-even row
     for plot in PLOTS:
         assert (smoke_study / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -61,6 +62,36 @@ def test_smoke_study_writes_every_point_the_report_and_the_plots(smoke_study):
     assert not re.search(r"issue \d|Deliver \d| min\b|minutes|hours?\b", text)  # numbers and findings only
     for key, why in skipped.items():
         assert f"- {key}: {why}" in text  # a point not measured is named, with its reason
+
+
+def test_time_to_accuracy_end_to_end_with_a_pattern_that_never_gets_there(tiny_data_dir, tmp_path, monkeypatch):
+    """A smoke study in which the sparse model cannot learn (its learning rate is 0): dense reaches its own
+    targets at 1x its time, the sparse pattern is "not reached", in the table and in its sentence."""
+    from sparsebench.train import CellRun
+
+    real_fresh = CellRun.fresh
+
+    def frozen_if_sparse(run):
+        real_fresh(run)
+        if run.cell.scheme.pattern.sparse:
+            for group in run.ready.optimizer.param_groups:
+                group["lr"] = 0.0
+
+    monkeypatch.setattr(CellRun, "fresh", frozen_if_sparse)
+    out = tmp_path / "study"
+    assert main(["study", "--budget", "smoke", "--archs", "cnn", "--patterns", "random", "--levels", "0.9",
+                 "--representations", "auto", "--out", str(out), "--data-dir", str(tiny_data_dir), "--quiet"]) == 0
+    dense = json.loads((out / "accuracy/smoke/cnn/dense-seed0.json").read_text())["value"]["result"]
+    points = dense["curve"]["points"]
+    assert points[0]["step"] == 0 and points[-1]["step"] == dense["steps"] and len(points) > 2
+    assert points[-1]["accuracy"] > points[0]["accuracy"] + 0.03  # dense learns: a target above where it began
+    text = (out / "STUDY.md").read_text()
+    section = text.split("## Time to accuracy", 1)[1].split("\n## ", 1)[0]
+    dense_row = next(line for line in section.splitlines() if line.startswith("| cnn") and "| dense" in line)
+    sparse_row = next(line for line in section.splitlines() if line.startswith("| cnn") and "random:0.9" in line)
+    assert "1.00" in dense_row and sparse_row.count("not reached") == 2
+    assert "never reaches dense's final accuracy minus 1 point" in text  # the sentence says it too
+    assert "![accuracy vs training time](accuracy_vs_time.png)" in text
 
 
 def _count_calls(monkeypatch):
@@ -94,7 +125,7 @@ def test_an_interrupted_study_resumes_and_force_reruns(tiny_data_dir, tmp_path, 
     assert calls == ["block:4x4:0.9@bsr_cpp"]
     calls.clear()
     assert _tiny(out, tiny_data_dir, "--force") == 0
-    assert sorted(calls) == ["block:4x4:0.9@bsr_cpp", "block:4x4:0.9@fastest", "dense"]  # accuracy trains @fastest
+    assert sorted(calls) == ["block:4x4:0.9@auto", "block:4x4:0.9@bsr_cpp", "dense"]  # accuracy trains @auto
 
 
 def test_unusable_documents_are_named_and_measured_again(tiny_data_dir, tmp_path, monkeypatch, capsys):

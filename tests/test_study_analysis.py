@@ -52,9 +52,50 @@ def test_pareto_front():
     assert analysis.pareto_front([(1.0, 0.5), (1.0, 0.5)]) == [0, 1]  # equal points do not beat each other
 
 
-def _acc_doc(arch, pattern, seed, accuracy):
+TRANSFORMER = {"layers": 2, "heads": 4, "d_model": 64, "d_ff": 256, "seq_len": 256, "vocab_size": 8192,
+               "parameters": 1}
+
+
+def _acc_doc(arch, pattern, seed, accuracy, curve=None, budget="converge"):
+    """An accuracy point's document as the driver writes it, with the fields the analysis reads."""
+    result = {"accuracy": accuracy, "budget": budget, "steps": 100, "train_time_s": 10.0 + seed,
+              "model": TRANSFORMER, "budget_settings": {"arch_training": {"epochs": 3, "batch_size": 64}}}
+    if curve is not None:
+        result["curve"] = {"slice_rows": 10, "slice_seed": 1,
+                           "points": [{"step": 10 * i, "seconds": s, "loss": None, "accuracy": a}
+                                      for i, (s, a) in enumerate(curve)]}
     return {"point": {"kind": "accuracy", "arch": arch, "pattern": pattern, "seed": seed}, "status": "ok",
-            "value": {"result": {"accuracy": accuracy}}}
+            "value": {"result": result}}
+
+
+def test_time_to_accuracy_pairs_each_seed_with_its_dense_and_says_not_reached():
+    dense0 = [(0, 0.5), (10, 0.70), (20, 0.78), (30, 0.80)]  # final 0.80: targets 0.79 and 0.77
+    dense1 = [(0, 0.5), (10, 0.72), (20, 0.82)]  # final 0.82: targets 0.81 and 0.79
+    docs = dict(enumerate([
+        _acc_doc("transformer", "dense", 0, 0.80, dense0), _acc_doc("transformer", "dense", 1, 0.82, dense1),
+        _acc_doc("transformer", "random:0.9", 0, 0.79, [(0, 0.5), (5, 0.77), (15, 0.79)]),
+        _acc_doc("transformer", "random:0.9", 1, 0.80, [(0, 0.5), (5, 0.80), (8, 0.80)]),
+        _acc_doc("transformer", "block:16x16:0.9", 0, 0.6, [(0, 0.5), (4, 0.6)]),
+    ]))
+    table = analysis.time_to_accuracy_table(docs)
+    dense = table[("transformer", P("dense"))][1.0]
+    assert dense["reached"] == dense["n"] == 2 and dense["multiple"] == (1.0, 0.0)
+    one = table[("transformer", P("random:0.9"))][1.0]  # seed 0: 0.79 at 15 s (dense 30 s); seed 1: never 0.81
+    assert one["n"] == 2 and one["reached"] == 1 and one["seconds"] == (15, None)
+    assert one["multiple"] == (0.5, None) and math.isclose(one["target"], 0.80)
+    three = table[("transformer", P("random:0.9"))][3.0]  # 0.77 at 5 s (dense 20 s); 0.79 at 5 s (dense 20 s)
+    assert three["reached"] == 2 and three["seconds"] == (5, 0.0) and three["multiple"] == (0.25, 0.0)
+    never = table[("transformer", P("block:16x16:0.9"))]
+    assert never[1.0]["reached"] == never[3.0]["reached"] == 0 and never[1.0]["seconds"] is None
+    assert never[1.0]["n"] == 1  # its seed 0 only
+    assert analysis.time_to_accuracy_text(never).startswith("never reaches dense's final accuracy minus 1 point")
+    assert "not reached in 1 seed" in analysis.time_to_accuracy_text(never)
+    assert analysis.time_to_accuracy_text(table[("transformer", P("random:0.9"))]) == (
+        "reaches dense's final accuracy minus 1 point (0.800 on the curve slice) in 15 s of training, 0.50x "
+        "dense's time (1 of 2 seeds reach it)")
+    from sparsebench.study.report import time_to_accuracy_md
+    md = time_to_accuracy_md(table, analysis.accuracy_summary(docs))
+    assert "not reached" in md and "2 x d64 transformer, 256 tokens, converge" in md
 
 
 def test_accuracy_summary_pairs_seeds_with_dense():
@@ -72,13 +113,34 @@ def test_accuracy_summary_pairs_seeds_with_dense():
     assert one["std"] is None and one["delta"] == 0
 
 
-def test_sentence_says_faster_or_slower_and_the_accuracy_cost():
-    row = {"pattern": P("block:16x16:0.9"), "size": "reference", "rep": "bsr_cpp", "speedup": 2.4, "peak_ratio": 0.71}
-    text = analysis.sentence(row, {"delta": -1.3, "delta_std": 0.4, "n": 3})
-    assert text == ("on this machine, block 16x16 at 90% trains 2.40x faster than dense at the reference size "
-                    "(bsr_cpp), costs 1.3 ± 0.4 points of accuracy (n=3), and uses 0.71x the peak memory.")
-    slow = analysis.sentence(row | {"speedup": 0.5}, None)
-    assert "trains 2.00x slower than dense" in slow and "accuracy" not in slow
+SMALL, BIG = "2 x d64 transformer, 256 tokens", "6 x d512 transformer, 256 tokens"
+
+
+def _row(rep="bsr_cpp", speedup=2.4, peak=0.71, pattern="block:16x16:0.9", size="reference", model=BIG):
+    return {"arch": "transformer", "pattern": P(pattern), "size": size, "rep": rep, "speedup": speedup,
+            "peak_ratio": peak, "model": model, "batch_size": 16, "speedup_range": (2.2, 2.5, 3)}
+
+
+def _accuracy(model=SMALL, budget="ci", training="batch 32, 400 steps"):
+    return {"delta": -1.3, "delta_std": 0.4, "n": 3, "model": model, "budget": budget, "training": training}
+
+
+def test_a_sentence_names_the_model_of_every_number_and_says_when_they_differ():
+    text = analysis.sentence(_row(), _accuracy())
+    assert text == ("block 16x16 at 90% (bsr_cpp) trains 2.40x faster than dense per step at the reference size "
+                    "(6 x d512 transformer, 256 tokens, batch 16; median of 3 interleaved steps, 2.20x to 2.50x) "
+                    "and uses 0.71x dense's peak memory; the reference size has no accuracy (it needs the `full` "
+                    "budget, on a GPU), but on a smaller model, the ci budget (2 x d64 transformer, 256 tokens, "
+                    "batch 32, 400 steps), it costs 1.3 ± 0.4 points of final test accuracy (n=3 seeds).")
+    same = analysis.sentence(_row(size="converge", model=SMALL), _accuracy(budget="converge"),
+                             {1.0: {"n": 1, "reached": 1, "target": 0.84, "seconds": (300.0, None),
+                                    "multiple": (0.8, None)}})
+    assert same.endswith("and uses 0.71x dense's peak memory; trained under the converge budget (2 x d64 transformer, "
+                         "256 tokens, batch 32, 400 steps) it reaches dense's final accuracy minus 1 point (0.840 on "
+                         "the curve slice) in 300 s of training, 0.80x dense's time, and costs 1.3 ± 0.4 points of "
+                         "final test accuracy (n=3 seeds).")
+    slow = analysis.sentence(_row(speedup=0.5), None)
+    assert "trains 2.00x slower than dense" in slow and slow.endswith("; no accuracy was measured for it.")
 
 
 def test_describe_pattern():
@@ -96,10 +158,10 @@ def test_the_representations_costed_come_from_the_registry():
 
 def test_points_hold_typed_values_and_describe_themselves_in_canonical_strings():
     acc = AccuracyPoint("cnn", P("block:4x4:0.9"), 1, "ci")
-    assert acc.training_scheme == parse_scheme("block:4x4:0.9@fastest")
+    assert acc.training_scheme == parse_scheme("block:4x4:0.9@auto")
     assert acc.key == "accuracy/ci/cnn/block4x4-0.9-seed1"
     assert acc.describe() == {"kind": "accuracy", "arch": "cnn", "pattern": "block:4x4:0.9", "seed": 1, "budget": "ci",
-                              "training_scheme": "block:4x4:0.9@fastest"}
+                              "training_scheme": "block:4x4:0.9@auto"}
     dense = AccuracyPoint("transformer", P("dense"), 0, "smoke")
     assert dense.training_scheme == parse_scheme("dense") and dense.key == "accuracy/smoke/transformer/dense-seed0"
     assert dense.describe()["training_scheme"] == "dense"
@@ -138,19 +200,16 @@ def test_points_and_the_default_cost_subset():
 def test_sentences_speak_for_auto_where_it_was_measured():
     from sparsebench.study.analysis import as_chosen, sentences
 
-    def row(rep, speedup, peak, pattern="block:16x16:0.9", size="reference"):
-        return {"arch": "transformer", "size": size, "pattern": P(pattern), "rep": rep, "speedup": speedup,
-                "peak_ratio": peak}
-
-    rows = [row("masked", 1.3, 1.1), row("bsr_cpp", 2.6, 0.82), row("auto", 2.5, 0.82),
-            row("masked", 1.2, 1.1, pattern="random:0.9"), row("csr", 0.9, 0.8, pattern="random:0.9")]
+    rows = [_row("masked", 1.3, 1.1), _row("bsr_cpp", 2.6, 0.82), _row("auto", 2.5, 0.82),
+            _row("masked", 1.2, 1.1, pattern="random:0.9"), _row("csr", 0.9, 0.8, pattern="random:0.9")]
     chosen = as_chosen(rows)
     assert chosen[("transformer", "reference", P("block:16x16:0.9"))]["rep"] == "auto"  # not the faster bsr_cpp
     assert chosen[("transformer", "reference", P("random:0.9"))]["rep"] == "masked"  # no auto: the fastest
-    acc = {("transformer", P("block:16x16:0.9")): {"delta": -1.3, "delta_std": 0.4, "n": 3}}
+    acc = {("transformer", P("block:16x16:0.9")): _accuracy()}
     (text, _) = sentences(rows, acc, "reference")
-    assert text == ("transformer: on this machine, block 16x16 at 90% trains 2.50x faster than dense at the reference "
-                    "size (auto), costs 1.3 ± 0.4 points of accuracy (n=3), and uses 0.82x the peak memory.")
+    assert text.startswith("transformer: on this machine, block 16x16 at 90% (auto) trains 2.50x faster than dense "
+                           "per step at the reference size")
+    assert "the reference size has no accuracy" in text
 
 
 def test_cost_rows_read_the_typed_cost_result():
@@ -164,7 +223,7 @@ def test_cost_rows_read_the_typed_cost_result():
         "family": "block:4x4", "level": 0.9, "rep": "auto", "speedup": 1 / 1.4, "time_ratio": ok_value()["time_ratio"],
         "peak_ratio": 0.9, "peak": 900, "dense_peak": 1000, "ledger": 400, "dense_ledger": 800,
         "ledger_share": 100 / 400, "size_ratio": 0.6, "inference_speedup": 0.8, "chosen": {"fc1": "csr"},
-        "batch_size": 32}
+        "batch_size": 32, "model": "cnn", "speedup_range": (1.0, 1.0, 2)}  # the same per-step totals
     assert analysis.break_even_table([row]) == {("cnn", "ci", "block:4x4", "auto"): {
         "kind": "never", "sparsity": 0.9, "levels": 1}}
     with pytest.raises(ValueError, match="cost/ci/cnn/block4x4-0.9-auto: value: key 'speedup' must be > 0"):

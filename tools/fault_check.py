@@ -104,6 +104,24 @@ FAULTS = [
           'return f"block:{self.rows}x{self.cols}"',
           'return str(self)',
           ("tests/test_schemes.py",)),
+    Fault("the learning curve's clock keeps running while the slice is evaluated",
+          "sparsebench/train.py",
+          "                seconds += time.perf_counter() - start\n"
+          "                curve.add(len(losses), seconds, slice_accuracy())\n",
+          "                accuracy = slice_accuracy()\n"
+          "                seconds += time.perf_counter() - start\n"
+          "                curve.add(len(losses), seconds, accuracy)\n",
+          ("tests/test_curves.py",)),
+    Fault("time to accuracy takes a point just below the target as reached",
+          "sparsebench/curves.py",
+          'return next((p["seconds"] for p in points if p["accuracy"] >= target), None)',
+          'return next((p["seconds"] for p in points if p["accuracy"] >= target - 0.01), None)',
+          ("tests/test_curves.py", "tests/test_study_analysis.py")),
+    Fault("time to accuracy pairs a pattern with another seed's dense",
+          "sparsebench/study/analysis.py",
+          "targets = {s: final_accuracy(dense[s]) - drop / 100 for s in seeds}",
+          "targets = {s: final_accuracy(dense[min(dense)]) - drop / 100 for s in seeds}",
+          ("tests/test_study_analysis.py",)),
 ]
 
 

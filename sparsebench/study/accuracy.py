@@ -2,11 +2,11 @@
 own per-cell runner (``grid.run_one``), so it is the same training and the same result document as
 a grid cell's.
 
-It trains with ``PATTERN@fastest``: every representation of a pattern computes the same function
-(the property tests hold them to the masked reference), and ``fastest`` gives each layer whichever
-valid representation trains fastest on this machine, whatever its memory (``masked``, at dense
-speed, is always a candidate), so it is never slower than ``masked`` and the accuracy is the
-pattern's. Dense trains dense.
+It trains with ``PATTERN@auto``: every representation of a pattern computes the same function (the
+property tests hold them to the masked reference), so the accuracy is the pattern's; ``auto`` gives
+each layer the fastest valid representation within dense's memory on this machine, what a user would
+pick for speed, so the learning curve's wall-clock (time to accuracy) is what that user would see.
+Dense trains dense.
 
 ``measure_accuracy`` is a module-level function returning plain JSON data: an executor's task.
 """

@@ -4,6 +4,13 @@ data: each document's strings are parsed once, here, into pattern values (``patt
 ``CostResult`` values; accuracy summaries are keyed by (arch, pattern value) and each cost row holds
 its pattern value under ``pattern``.
 
+Time to accuracy: per seed, the target is dense's final accuracy on the curve slice (the same seed's
+dense) minus 1 and minus 3 points; a pattern's time is the training seconds of its first curve point
+at or above the target (curves.py), and its multiple is that over dense's own time to the target.
+
+Every model is named by ``model_label`` (its layers and width, from the documents), so a sentence says
+which model each of its numbers was measured on.
+
 Conventions: ``time_ratio`` is the scheme's median step time over dense's, interleaved in one
 process (above 1: slower); ``speedup = 1 / time_ratio``. Spread is the sample standard deviation
 over seeds (n - 1 in the denominator); with one seed there is none. Accuracy deltas are paired by
@@ -15,9 +22,12 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
+from ..curves import check_curve, final_accuracy, time_to_accuracy
 from ..patterns import Pattern, parse_pattern
 from ..schemes import parse_scheme
 from .cost_result import CostResult
+
+TARGET_DROPS = (1.0, 3.0)  # time-to-accuracy targets: dense's final curve accuracy minus these points
 
 
 def mean_spread(values: list[float]) -> tuple[float, float | None]:
@@ -25,21 +35,78 @@ def mean_spread(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def accuracy_summary(docs: dict[str, dict]) -> dict[tuple[str, Pattern], dict]:
-    """(arch, pattern) -> mean, std and n of accuracy, and the paired delta against dense in points."""
-    acc: dict[tuple[str, Pattern], dict[int, float]] = defaultdict(dict)
+def model_label(arch: str, model: dict) -> str:
+    """A model in a few words from its description (``Arch.describe``): ``2 x d64 transformer, 256 tokens``,
+    ``CNN 64-128-256, fc 512``."""
+    if "d_model" in model:
+        return f"{model['layers']} x d{model['d_model']} transformer, {model['seq_len']} tokens"
+    if "conv_filters" in model:
+        return f"CNN {'-'.join(map(str, model['conv_filters']))}, fc {model['fc'][1]}"
+    return arch
+
+
+def _training_label(result: dict) -> str:
+    """``batch 64, 8 epochs`` or ``batch 32, 600 steps``: how long the result trained."""
+    training = result["budget_settings"]["arch_training"]
+    length = f"{training['epochs']} epochs" if training.get("epochs") else f"{result['steps']} steps"
+    return f"batch {training['batch_size']}, {length}"
+
+
+def accuracy_points_of(docs: dict[str, dict]) -> dict[tuple[str, Pattern], dict[int, dict]]:
+    """(arch, pattern) -> seed -> the measured accuracy point's grid result document."""
+    out: dict[tuple[str, Pattern], dict[int, dict]] = defaultdict(dict)
     for doc in docs.values():
         if doc["point"]["kind"] == "accuracy" and doc["status"] == "ok":
             p = doc["point"]
-            acc[(p["arch"], parse_pattern(p["pattern"]))][p["seed"]] = doc["value"]["result"]["accuracy"]
-    dense_of = {arch: by_seed for (arch, pattern), by_seed in acc.items() if not pattern.sparse}
+            out[(p["arch"], parse_pattern(p["pattern"]))][p["seed"]] = doc["value"]["result"]
+    return out
+
+
+def accuracy_summary(docs: dict[str, dict]) -> dict[tuple[str, Pattern], dict]:
+    """(arch, pattern) -> mean, std and n of accuracy, the paired delta against dense in points, and what
+    it was measured on: ``budget``, ``model`` (``model_label``) and ``training`` (batch and length)."""
+    results = accuracy_points_of(docs)
+    dense_of = {arch: by_seed for (arch, pattern), by_seed in results.items() if not pattern.sparse}
     out = {}
-    for (arch, pattern), by_seed in acc.items():
-        mean, std = mean_spread(list(by_seed.values()))
+    for (arch, pattern), by_seed in results.items():
+        mean, std = mean_spread([r["accuracy"] for r in by_seed.values()])
         dense = dense_of.get(arch, {})
-        deltas = [100 * (a - dense[s]) for s, a in by_seed.items() if s in dense]
+        deltas = [100 * (r["accuracy"] - dense[s]["accuracy"]) for s, r in by_seed.items() if s in dense]
         d_mean, d_std = mean_spread(deltas) if deltas else (None, None)
-        out[(arch, pattern)] = {"mean": mean, "std": std, "n": len(by_seed), "delta": d_mean, "delta_std": d_std}
+        some = next(iter(by_seed.values()))
+        out[(arch, pattern)] = {"mean": mean, "std": std, "n": len(by_seed), "delta": d_mean, "delta_std": d_std,
+                                "budget": some["budget"], "model": model_label(arch, some["model"]),
+                                "training": _training_label(some),
+                                "train_time_s": mean_spread([r["train_time_s"] for r in by_seed.values()])}
+    return out
+
+
+def time_to_accuracy_table(docs: dict[str, dict], drops=TARGET_DROPS) -> dict[tuple[str, Pattern], dict]:
+    """(arch, pattern) -> drop -> the time to dense's final curve accuracy minus ``drop`` points, paired by
+    seed: ``seconds`` and ``multiple`` (of dense's time) as (mean, std) over the seeds that reached it,
+    ``reached`` and ``n`` (seeds with a curve and a dense of the same seed), ``target`` (mean over seeds)."""
+    results = accuracy_points_of(docs)
+    curves = {key: {seed: check_curve(r["curve"], f"{key[0]} {key[1]} seed {seed}: curve")
+                    for seed, r in by_seed.items() if r.get("curve")} for key, by_seed in results.items()}
+    dense_of = {arch: by_seed for (arch, pattern), by_seed in curves.items() if not pattern.sparse}
+    out = {}
+    for (arch, pattern), by_seed in curves.items():
+        dense = dense_of.get(arch, {})
+        seeds = [s for s in by_seed if s in dense]
+        if not seeds:
+            continue
+        row = {}
+        for drop in drops:
+            targets = {s: final_accuracy(dense[s]) - drop / 100 for s in seeds}
+            times = {s: time_to_accuracy(by_seed[s], targets[s]) for s in seeds}
+            reached = [s for s in seeds if times[s] is not None]
+            multiples = [times[s] / time_to_accuracy(dense[s], targets[s]) for s in reached
+                         if time_to_accuracy(dense[s], targets[s])]
+            row[drop] = {"n": len(seeds), "reached": len(reached),
+                         "target": statistics.fmean(targets.values()),
+                         "seconds": mean_spread([times[s] for s in reached]) if reached else None,
+                         "multiple": mean_spread(multiples) if multiples else None}
+        out[(arch, pattern)] = row
     return out
 
 
@@ -66,9 +133,16 @@ def cost_rows(docs: dict[str, dict]) -> list[dict]:
             "ledger_share": peak_saving / saving if saving > 0 else None,
             "size_ratio": v.model_size_bytes["scheme"] / v.model_size_bytes["dense"],
             "inference_speedup": v.inference["scheme_samples_per_s"] / v.inference["dense_samples_per_s"],
-            "chosen": v.representations, "batch_size": v.batch_size,
+            "chosen": v.representations, "batch_size": v.batch_size, "model": model_label(p["arch"], v.model),
+            "speedup_range": _pair_range(v.time_s["dense"]["totals"], v.time_s["scheme"]["totals"]),
         })
     return sorted(rows, key=lambda r: (r["arch"], r["size"], r["family"], r["level"], r["rep"]))
+
+
+def _pair_range(dense: list[float], scheme: list[float]) -> tuple[float, float, int]:
+    """The lowest and highest per-step speed-up over the interleaved pairs (dense, scheme), and their count."""
+    pairs = [d / t for d, t in zip(dense, scheme, strict=False) if t > 0]
+    return (min(pairs), max(pairs), len(pairs)) if pairs else (float("nan"), float("nan"), 0)
 
 
 def break_even(series: list[tuple[float, float]]) -> dict:
@@ -134,18 +208,54 @@ def describe_pattern(pattern: Pattern) -> str:
     return f"{pattern.family.replace(':', ' ')} at {pattern.level:.0%}"
 
 
-def sentence(row: dict, accuracy: dict | None) -> str:
-    """'on this machine, block 16x16 at 90% trains 2.4x faster than dense at the reference size (bsr_cpp),
-    costs 1.3 ± 0.4 points of accuracy, and uses 0.71x the peak memory'."""
-    s = row["speedup"]
+def seconds_text(mean_std) -> str:
+    mean, std = mean_std
+    return f"{mean:.0f}" + (f" ± {std:.0f}" if std is not None else "") + " s"
+
+
+def _points_text(delta: float, delta_std: float | None, n: int) -> str:
+    verb = "costs" if delta <= 0 else "gains"
+    spread = f" ± {delta_std:.1f}" if delta_std is not None else ""
+    return f"{verb} {abs(delta):.1f}{spread} points of final test accuracy (n={n} seed{'s' * (n != 1)})"
+
+
+def time_to_accuracy_text(entry: dict | None, drop: float = TARGET_DROPS[0]) -> str | None:
+    """'reaches dense's final accuracy minus 1 point in 310 s, 0.85x dense's time' or 'never reaches ...'."""
+    if not entry or drop not in entry:
+        return None
+    t = entry[drop]
+    goal = f"dense's final accuracy minus {drop:g} point{'s' * (drop != 1)} ({t['target']:.3f} on the curve slice)"
+    if t["reached"] == 0:
+        return f"never reaches {goal} (not reached in {t['n']} seed{'s' * (t['n'] != 1)})"
+    text = f"reaches {goal} in {seconds_text(t['seconds'])} of training"
+    if t["multiple"] is not None:
+        mean, std = t["multiple"]
+        text += f", {mean:.2f}x" + (f" ± {std:.2f}" if std is not None else "") + " dense's time"
+    if t["reached"] < t["n"]:
+        text += f" ({t['reached']} of {t['n']} seeds reach it)"
+    return text
+
+
+def sentence(row: dict, accuracy: dict | None, tta: dict | None = None) -> str:
+    """One row of cost at one size, with the accuracy of the same pattern, each number naming the model
+    and budget it was measured on; accuracy measured on another model than the one timed says so."""
+    s, (lo, hi, n) = row["speedup"], row["speedup_range"]
     speed = f"trains {s:.2f}x faster than dense" if s >= 1 else f"trains {1 / s:.2f}x slower than dense"
-    text = f"on this machine, {describe_pattern(row['pattern'])} {speed} at the {row['size']} size ({row['rep']})"
-    if accuracy and accuracy.get("delta") is not None:
-        cost = -accuracy["delta"]
-        spread = f" ± {accuracy['delta_std']:.1f}" if accuracy.get("delta_std") is not None else ""
-        verb = "costs" if cost >= 0 else "gains"
-        text += f", {verb} {abs(cost):.1f}{spread} points of accuracy (n={accuracy['n']})"
-    return text + f", and uses {row['peak_ratio']:.2f}x the peak memory."
+    text = (f"{describe_pattern(row['pattern'])} ({row['rep']}) {speed} per step at the {row['size']} size "
+            f"({row['model']}, batch {row['batch_size']}; median of {n} interleaved steps, {lo:.2f}x to "
+            f"{hi:.2f}x) and uses {row['peak_ratio']:.2f}x dense's peak memory")
+    if not accuracy or accuracy.get("delta") is None:
+        return text + "; no accuracy was measured for it."
+    where = f"the {accuracy['budget']} budget ({accuracy['model']}, {accuracy['training']})"
+    if accuracy["model"] != row["model"]:
+        text += (f"; the {row['size']} size has no accuracy (it needs the `full` budget, on a GPU), but on a "
+                 f"smaller model, {where}, it")
+    else:
+        text += f"; trained under {where} it"
+    tta_text = time_to_accuracy_text(tta)
+    if tta_text:
+        text += f" {tta_text}, and"
+    return text + f" {_points_text(accuracy['delta'], accuracy['delta_std'], accuracy['n'])}."
 
 
 def as_chosen(rows: list[dict]) -> dict[tuple[str, str, Pattern], dict]:
@@ -158,11 +268,12 @@ def as_chosen(rows: list[dict]) -> dict[tuple[str, str, Pattern], dict]:
     return best
 
 
-def sentences(rows: list[dict], acc: dict, size: str, level: float = 0.9) -> list[str]:
+def sentences(rows: list[dict], acc: dict, size: str, level: float = 0.9, tta: dict | None = None) -> list[str]:
     """One sentence per (arch, pattern at ``level`` or without a level) at ``size``, for ``auto`` (else the
-    fastest representation: see ``as_chosen``)."""
+    fastest representation: see ``as_chosen``); ``tta``: ``time_to_accuracy_table``'s, for its phrase."""
     out = []
     for (arch, sz, pattern), row in sorted(as_chosen(rows).items(), key=lambda kv: (*kv[0][:2], str(kv[0][2]))):
         if sz == size and (pattern.level is None or abs(pattern.level - level) < 1e-9):
-            out.append(f"{arch}: " + sentence(row, acc.get((arch, pattern))))
+            out.append(f"{arch}: on this machine, " + sentence(row, acc.get((arch, pattern)),
+                                                              (tta or {}).get((arch, pattern))))
     return out

@@ -13,7 +13,16 @@ from pathlib import Path
 from ..arguments import seed_count, sparsity_level, writable_dir
 from ..patterns import Pattern
 from ..settings import RunSettings
-from .points import COST_BUDGETS, DEFAULT_LEVELS, FAMILIES, FIXED, LEVELS, REPRESENTATIONS, Sweep
+from .points import (
+    COST_BUDGETS,
+    DEFAULT_LEVELS,
+    DEFAULT_REPRESENTATIONS,
+    FAMILIES,
+    FIXED,
+    LEVELS,
+    REPRESENTATIONS,
+    Sweep,
+)
 
 DEFAULT_OUT = Path("results/study")
 
@@ -46,23 +55,27 @@ def add_study_parser(sub) -> None:
     p = sub.add_parser(
         "study", help="the study: accuracy and cost across patterns, sparsity levels and representations",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Accuracy once per (arch, pattern, sparsity, seed) on the accuracy budget, trained with "
-        "PATTERN@fastest; cost (step time split forward/backward/optimizer, peak memory, ledger, model size, "
+        description="Accuracy and its learning curve once per (arch, pattern, sparsity, seed) on the "
+        "accuracy budget, trained with PATTERN@auto (time to accuracy from the curves); cost (step time "
+        "split forward/backward/optimizer, peak memory, ledger, model size, "
         "inference) per (arch, size, pattern, sparsity, representation) against dense, interleaved in one "
         "process. One JSON document per point under OUT (an interrupted study resumes; --force reruns), then "
         "STUDY.md and PNG plots.",
         epilog="Default cost subset (--all lifts it): auto at every point; "
         + ", ".join(r for r in REPRESENTATIONS if r not in ("auto", "masked")) + " at S = 0.5 and 0.9 "
         "and for nm:2:4; masked once per pattern at S = 0.9 (its cost does not depend on S); magnitude at the "
-        "ci size only (its cost is random's).\n\n"
+        "ci size only (its cost is random's). --budget converge: S = 0.9 only and auto only, costed at the "
+        "converge size: about 2 hours on 2 cores with one seed.\n\n"
         "Examples:\n  sparsebench study                      # the default study\n"
         "  sparsebench study --seeds 3 --only accuracy\n"
+        "  sparsebench study --budget converge --out results/study-converge   # time to accuracy\n"
         "  sparsebench study --archs cnn --patterns block:16x16 --levels 0.9 --sizes reference\n"
         "  sparsebench study --report-only          # regenerate STUDY.md from the documents")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"study directory (default: {DEFAULT_OUT})")
     p.add_argument("--report-dir", type=Path, help="where STUDY.md and the PNGs go (default: OUT)")
     p.add_argument("--budget", default="ci", choices=sorted(COST_BUDGETS),
-                   help="accuracy budget; it also picks the sizes costed (ci: ci and reference; smoke: smoke)")
+                   help="accuracy budget; it also picks the sizes costed (ci: ci and reference; converge: converge; "
+                   "smoke: smoke)")
     p.add_argument("--sizes", nargs="+", choices=[b for b in BUDGETS if b != "full"],
                    help="budgets whose model sizes and batch are costed (default: by --budget)")
     p.add_argument("--seeds", type=seed_count, default=1, help="seeds per accuracy point (default 1)")
@@ -70,10 +83,11 @@ def add_study_parser(sub) -> None:
     p.add_argument("--patterns", nargs="+", type=pattern_type, metavar="PATTERN",
                    help="pattern families and fixed patterns (default: " + " ".join(map(str, FAMILIES + FIXED)) + ")")
     p.add_argument("--levels", nargs="+", type=sparsity_level, metavar="S",
-                   help="sparsity levels (default: " + " ".join(map(str, LEVELS)) + "; with --budget smoke "
+                   help="sparsity levels (default: " + " ".join(map(str, LEVELS)) + "; with --budget converge "
+                   + " ".join(map(str, DEFAULT_LEVELS["converge"])) + "; with --budget smoke "
                    + " ".join(map(str, DEFAULT_LEVELS["smoke"])) + ")")
     p.add_argument("--representations", nargs="+", choices=list(REPRESENTATIONS),
-                   help="representations costed (default: all that apply)")
+                   help="representations costed (default: all that apply; with --budget converge: auto)")
     p.add_argument("--all", action="store_true", help="cost every representation at every point and size")
     p.add_argument("--only", choices=["accuracy", "cost"], help="run only one of the two sweeps")
     p.add_argument("--report-only", action="store_true", help="measure nothing; write STUDY.md from OUT")
@@ -88,7 +102,8 @@ def sweep_of(args) -> Sweep:
     levels = args.levels or DEFAULT_LEVELS[args.budget]
     return Sweep(archs=tuple(args.archs), families=tuple(p for p in patterns if isinstance(p, str)),
                  levels=tuple(sorted(set(levels))), fixed=tuple(p for p in patterns if not isinstance(p, str)),
-                 representations=tuple(args.representations or REPRESENTATIONS), seeds=args.seeds,
+                 representations=tuple(args.representations
+                                       or DEFAULT_REPRESENTATIONS.get(args.budget, REPRESENTATIONS)), seeds=args.seeds,
                  budget=args.budget, sizes=tuple(args.sizes or COST_BUDGETS[args.budget]),
                  all_costs=args.all, accuracy=args.only != "cost", cost=args.only != "accuracy")
 

@@ -33,12 +33,18 @@ FIXED: tuple[Pattern, ...] = (parse_pattern("nm:2:4"),)  # patterns whose sparsi
 DENSE: Pattern = parse_pattern("dense")
 # representation names (schemes.STORES) the study does not cost, and why
 NOT_COSTED = {"semi": "CUDA only (2:4 tensor cores): its cost points would be skipped on every CPU",
-              "fastest": "a policy for accuracy points (the fastest whatever its memory); auto is costed"}
+              "fastest": "a policy (the fastest whatever its memory); auto, what a user would pick, is costed"}
 REPRESENTATIONS = tuple(name for name in STORES if name not in NOT_COSTED)  # masked csr bsr bsr_cpp auto
 SUBSET_LEVELS = (0.5, 0.9)
 MASKED_LEVEL = 0.9
-COST_BUDGETS = {"ci": ("ci", "reference"), "smoke": ("smoke",)}  # accuracy budget -> the sizes costed
-DEFAULT_LEVELS = {"ci": LEVELS, "smoke": SUBSET_LEVELS}  # accuracy budget -> its default sparsity levels
+# accuracy budget -> the sizes costed. `converge` costs its own size only: its time to accuracy and its
+# cost then describe one model, and the reference sizes are costed by the `ci` study.
+COST_BUDGETS = {"ci": ("ci", "reference"), "converge": ("converge",), "smoke": ("smoke",)}
+# accuracy budget -> its default sparsity levels; `converge` trains each cell for minutes, so one level
+CONVERGE_LEVEL = 0.9
+DEFAULT_LEVELS = {"ci": LEVELS, "converge": (CONVERGE_LEVEL,), "smoke": SUBSET_LEVELS}
+# accuracy budget -> the representations costed by default (absent: every one in REPRESENTATIONS)
+DEFAULT_REPRESENTATIONS = {"converge": ("auto",)}
 
 
 @dataclass(frozen=True)
@@ -78,9 +84,10 @@ class AccuracyPoint:
 
     @property
     def training_scheme(self) -> Scheme:
-        """The scheme it trains with: ``fastest`` (per layer the fastest valid representation here,
-        whatever its memory: every representation computes the same function); dense stays dense."""
-        return Scheme(self.pattern, "fastest") if self.pattern.sparse else Scheme(self.pattern)
+        """The scheme it trains with: ``auto``, the representation a user would pick for speed (per layer
+        the fastest valid one within dense's memory; every representation computes the same function, so
+        the accuracy is the pattern's and the wall-clock is what a user would see); dense stays dense."""
+        return Scheme(self.pattern, "auto") if self.pattern.sparse else Scheme(self.pattern)
 
     @property
     def key(self) -> str:
