@@ -77,3 +77,13 @@ def study(session):
     go to `sparsebench study` (e.g. `nox -s study -- --seeds 3`, `-- --all`)."""
     install(session)
     session.run("sparsebench", "study", "--out", "results/study", "--report-dir", "docs/study", *session.posargs)
+
+
+@nox.session(name="study-converge")
+def study_converge(session):
+    """The study at the `converge` budget (time to accuracy; about 2 hours on 2 cores with one seed):
+    documents, STUDY.md and plots in docs/study-converge, committed so a later run on any machine
+    resumes it. Arguments go to `sparsebench study` (e.g. `nox -s study-converge -- --seeds 3`,
+    `-- --executor ray`)."""
+    install(session)
+    session.run("sparsebench", "study", "--budget", "converge", "--out", "docs/study-converge", *session.posargs)
