@@ -242,8 +242,8 @@ def sentence(row: dict, accuracy: dict | None, tta: dict | None = None) -> str:
     s, (lo, hi, n) = row["speedup"], row["speedup_range"]
     speed = f"trains {s:.2f}x faster than dense" if s >= 1 else f"trains {1 / s:.2f}x slower than dense"
     text = (f"{describe_pattern(row['pattern'])} ({row['rep']}) {speed} per step at the {row['size']} size "
-            f"({row['model']}, batch {row['batch_size']}; median of {n} interleaved steps, {lo:.2f}x to "
-            f"{hi:.2f}x) and uses {row['peak_ratio']:.2f}x dense's peak memory")
+            f"({row['model']}, batch {row['batch_size']}; median of {n} interleaved steps, per-step speed-up "
+            f"{lo:.2f}x to {hi:.2f}x) and uses {row['peak_ratio']:.2f}x dense's peak memory")
     if not accuracy or accuracy.get("delta") is None:
         return text + "; no accuracy was measured for it."
     where = f"the {accuracy['budget']} budget ({accuracy['model']}, {accuracy['training']})"
