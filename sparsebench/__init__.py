@@ -21,6 +21,8 @@ _EXPORTS = {
     "Scheme": "schemes",
     "parse_scheme": "schemes",
     "sparsify": "sparsify",
+    "MaskUpdater": "updater",
+    "SCHEDULES": "schedules",
     "memory_ledger": "ledger",
 }
 

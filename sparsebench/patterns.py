@@ -59,8 +59,14 @@ class Pattern(Protocol):
     def check_shape(self, shape2d: tuple[int, int], layer: str) -> None:
         """ValueError naming ``layer`` and the fix when the pattern cannot fit a weight matrix of this shape."""
 
-    def make(self, w2d: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """The bool mask (True = kept) of a 2-D weight."""
+    @property
+    def unit(self) -> tuple[int, int] | None:
+        """The (rows, cols) a mask update moves as one (1x1: single weights; a block), or None where the
+        pattern's structure admits no drop and grow (dense, N:M)."""
+
+    def make(self, w2d: torch.Tensor, gen: torch.Generator, n_zero: int | None = None) -> torch.Tensor:
+        """The bool mask (True = kept) of a 2-D weight; ``n_zero`` units zeroed instead of the level's
+        count where a layer-wise distribution (``distributions``) gives one."""
 
 
 def n_zeroed(sparsity: float, n: int) -> int:
@@ -110,7 +116,7 @@ def _order_keys(flat: torch.Tensor) -> torch.Tensor:
     return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
 
 
-def _keep_largest(scores: torch.Tensor, n_zero: int) -> torch.Tensor:
+def keep_largest(scores: torch.Tensor, n_zero: int) -> torch.Tensor:
     """Bool mask of ``scores``' shape keeping all but the ``n_zero`` smallest (ties: lower index zeroed first).
 
     The same mask as a stable sort's first ``n_zero`` indices, found without sorting: a bisection
@@ -134,6 +140,23 @@ def _keep_largest(scores: torch.Tensor, n_zero: int) -> torch.Tensor:
     tied = (keys == lo).nonzero().reshape(-1)  # in index order
     mask[tied[n_zero - int(torch.count_nonzero(keys < lo)):]] = True
     return mask.reshape(scores.shape)
+
+
+def unit_scores(scores2d: torch.Tensor, unit: tuple[int, int]) -> torch.Tensor:
+    """Per-unit sums of a (rows, cols) score matrix: itself for 1x1 units, block sums for RxC."""
+    r, c = unit
+    if (r, c) == (1, 1):
+        return scores2d
+    rows, cols = scores2d.shape
+    return scores2d.reshape(rows // r, r, cols // c, c).sum(dim=(1, 3))
+
+
+def expand_units(unit_mask: torch.Tensor, unit: tuple[int, int]) -> torch.Tensor:
+    """The element mask of a unit mask: each RxC unit's value repeated over its block."""
+    r, c = unit
+    if (r, c) == (1, 1):
+        return unit_mask
+    return unit_mask.repeat_interleave(r, dim=0).repeat_interleave(c, dim=1)
 
 
 class _AnyShape:
@@ -188,8 +211,12 @@ class Dense(_AnyShape):
     def target_sparsity(self) -> float:
         return 0.0
 
-    def make(self, w2d: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return _keep_largest(w2d.detach(), 0)
+    @property
+    def unit(self) -> None:
+        return None
+
+    def make(self, w2d: torch.Tensor, gen: torch.Generator, n_zero: int | None = None) -> torch.Tensor:
+        return keep_largest(w2d.detach(), 0)
 
 
 @dataclass(frozen=True)
@@ -216,11 +243,18 @@ class Random(_Levelled, _AnyShape):
     def slug(self) -> str:
         return f"{self.name}-{fmt(self.sparsity)}"
 
-    def make(self, w2d: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    @property
+    def unit(self) -> tuple[int, int]:
+        return (1, 1)
+
+    def count(self, w2d: torch.Tensor, n_zero: int | None) -> int:
+        return n_zeroed(self.sparsity, w2d.numel()) if n_zero is None else n_zero
+
+    def make(self, w2d: torch.Tensor, gen: torch.Generator, n_zero: int | None = None) -> torch.Tensor:
         import torch
 
         scores = torch.rand(w2d.shape, generator=gen)  # uniform: every weight equally likely to go
-        return _keep_largest(scores, n_zeroed(self.sparsity, w2d.numel())).to(w2d.device)
+        return keep_largest(scores, self.count(w2d, n_zero)).to(w2d.device)
 
 
 @dataclass(frozen=True)
@@ -230,8 +264,8 @@ class Magnitude(Random):
     name: ClassVar[str] = "magnitude"
     syntax: ClassVar[str] = "magnitude:S"
 
-    def make(self, w2d: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return _keep_largest(w2d.detach().abs(), n_zeroed(self.sparsity, w2d.numel()))
+    def make(self, w2d: torch.Tensor, gen: torch.Generator, n_zero: int | None = None) -> torch.Tensor:
+        return keep_largest(w2d.detach().abs(), self.count(w2d, n_zero))
 
 
 @dataclass(frozen=True)
@@ -279,12 +313,14 @@ class Block(_Levelled):
                 f"or leave this layer dense (sparsify(..., keep_dense=[{layer!r}, ...]))"
             )
 
-    def make(self, w2d: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        r, c = self.block
-        rows, cols = w2d.shape
-        norms = w2d.detach().abs().reshape(rows // r, r, cols // c, c).sum(dim=(1, 3))
-        keep_blocks = _keep_largest(norms, n_zeroed(self.sparsity, norms.numel()))
-        return keep_blocks.repeat_interleave(r, dim=0).repeat_interleave(c, dim=1)
+    @property
+    def unit(self) -> tuple[int, int]:
+        return self.block
+
+    def make(self, w2d: torch.Tensor, gen: torch.Generator, n_zero: int | None = None) -> torch.Tensor:
+        norms = unit_scores(w2d.detach().abs(), self.block)
+        keep_blocks = keep_largest(norms, n_zeroed(self.sparsity, norms.numel()) if n_zero is None else n_zero)
+        return expand_units(keep_blocks, self.block)
 
 
 @dataclass(frozen=True)
@@ -336,7 +372,11 @@ class NM:
                 f"or leave this layer dense (sparsify(..., keep_dense=[{layer!r}, ...]))"
             )
 
-    def make(self, w2d: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    @property
+    def unit(self) -> None:
+        return None
+
+    def make(self, w2d: torch.Tensor, gen: torch.Generator, n_zero: int | None = None) -> torch.Tensor:
         rows, cols = w2d.shape
         groups = w2d.detach().abs().reshape(rows, cols // self.m, self.m)
         top = groups.topk(self.n, dim=-1).indices
@@ -358,11 +398,13 @@ def parse_pattern(body: str, text: str | None = None) -> Pattern:
     return cls.parse(params, text)
 
 
-def make_mask(weight: torch.Tensor, pattern, seed: int = 0, layer: str = "weight") -> torch.Tensor:
+def make_mask(weight: torch.Tensor, pattern, seed: int = 0, layer: str = "weight",
+              n_zero: int | None = None) -> torch.Tensor:
     """Bool mask of ``weight``'s shape (True = kept) for ``pattern``: a Scheme, a pattern value, or
     a scheme string (its ``@representation`` does not change the mask).
 
     ``seed`` only matters for ``random``; the others are deterministic functions of the weight.
+    ``n_zero``: how many units (weights, or blocks) to zero, where a layer-wise distribution sets it.
     Raises ValueError naming ``layer`` if the pattern does not fit the weight's shape.
     """
     import torch
@@ -374,4 +416,4 @@ def make_mask(weight: torch.Tensor, pattern, seed: int = 0, layer: str = "weight
     w2d = as_matrix(weight)
     pattern.check_shape(tuple(w2d.shape), layer)
     gen = torch.Generator().manual_seed(int(seed))
-    return pattern.make(w2d, gen).reshape(weight.shape)
+    return pattern.make(w2d, gen, n_zero).reshape(weight.shape)

@@ -71,6 +71,7 @@ class Result:
     time_ratio_vs_dense: float = field_spec("number", positive=True)
     step_times_s: dict = field_spec("dict", optional=True)
     curve: dict = field_spec("dict", optional=True)  # the learning curve (curves.py)
+    mask_updates: dict | None = field_spec("dict", optional=True)  # a dynamic schedule's updates (updater.py)
     env: dict = field_spec("dict")
 
     def __post_init__(self):
@@ -119,6 +120,26 @@ _OPTIONAL = {k for k, m in FIELDS.items() if m["optional"]}
 ENV_KEYS = {"machine": dict, "machine_class": str, "kernel_variant": str, "threads": int, "device": str}
 
 
+MASK_UPDATE_TIMES = ("update_s", "dense_grad_s", "overhead_s_per_step")
+
+
+def check_mask_updates(updates, where: str) -> None:
+    """A dynamic schedule's record (updater.MaskUpdater.report): its times and counts, and its lists."""
+    if not isinstance(updates, dict):
+        raise ValueError(f"{where}: expected an object, got {type(updates).__name__}")
+    for key in MASK_UPDATE_TIMES:
+        if not (is_finite(updates.get(key)) and updates[key] >= 0):
+            raise ValueError(f"{where}.{key}: must be a number >= 0, got {updates.get(key)!r}")
+    for key in ("updates", "steps", "total_steps"):
+        if not (isinstance(updates.get(key), int) and not isinstance(updates[key], bool) and updates[key] >= 0):
+            raise ValueError(f"{where}.{key}: must be a whole number >= 0, got {updates.get(key)!r}")
+    for key in ("switches", "history"):
+        if not isinstance(updates.get(key), list):
+            raise ValueError(f"{where}.{key}: must be a list, got {updates.get(key)!r}")
+    if updates["updates"] != len(updates["history"]):
+        raise ValueError(f"{where}: {updates['updates']} updates but {len(updates['history'])} in its history")
+
+
 def validate_result(doc: dict, path: str | os.PathLike | None = None) -> None:
     """Raise ValueError naming the first missing, unknown, ill-typed or out-of-bounds key (and the file)."""
     where = f"result {path}" if path is not None else "result document"
@@ -152,6 +173,8 @@ def validate_result(doc: dict, path: str | os.PathLike | None = None) -> None:
                          f"'-'; no leading dot), got {doc['env']['machine_class']!r}")
     if doc.get("curve") is not None:
         check_curve(doc["curve"], f"{where}: key 'curve'")
+    if doc.get("mask_updates") is not None:
+        check_mask_updates(doc["mask_updates"], f"{where}: key 'mask_updates'")
 
 
 def _check_identity(where: str, doc: dict) -> None:

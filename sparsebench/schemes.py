@@ -1,10 +1,15 @@
-"""The Scheme value: a sparsity pattern (with its parameters) and a representation.
+"""The Scheme value: a sparsity pattern (with its parameters), when its mask is chosen, how S is
+spread over the layers, and a representation.
 
-Syntax: ``PATTERN[:PARAMS]*[@REPRESENTATION]``, e.g. ``dense``, ``random:0.5``,
-``magnitude:0.9@csr``, ``block:4x4:0.5@bsr``, ``nm:2:4@semi``. The representation defaults
-to ``masked``. ``str(scheme)`` gives the canonical string back; ``scheme.slug`` is a
-file- and pytest-id-safe form (``block4x4-0.5-bsr``). Each pattern's syntax lives with the
-pattern (``patterns.PATTERNS``); which representation can store which scheme is ``STORES`` below.
+Syntax: ``PATTERN[:PARAMS]*[/SCHEDULE][/DISTRIBUTION][@REPRESENTATION]``, e.g. ``dense``,
+``random:0.5``, ``magnitude:0.9@csr``, ``block:4x4:0.5@bsr``, ``nm:2:4@semi``,
+``magnitude:0.9/gmp``, ``random:0.9/rigl/erk@csr``, ``block:16x16:0.9/rigl@bsr_cpp``. The schedule
+defaults to ``static`` (the mask fixed at initialisation), the distribution to ``uniform``, the
+representation to ``masked``; defaults are not written. ``str(scheme)`` gives the canonical string
+back; ``scheme.slug`` is a file- and pytest-id-safe form (``block4x4-0.5-bsr``,
+``random-0.9-rigl-erk-csr``). Each pattern's syntax lives with the pattern (``patterns.PATTERNS``),
+each schedule's with the schedule (``schedules.SCHEDULES``); which representation can store which
+scheme is ``STORES`` below.
 
 A Scheme is valid by construction, and validating one needs neither torch nor any representation
 module: what a representation can store is decided from the scheme alone (what it can run on this
@@ -14,9 +19,11 @@ machine, for this layer, is the representation's ``check_layer``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from .patterns import NM, Block, Pattern, parse_pattern
+from .distributions import DISTRIBUTIONS
+from .patterns import NM, Block, Magnitude, Pattern, parse_pattern
+from .schedules import STATIC, Static, parse_schedule
 
 DEFAULT_REPRESENTATION = "masked"
 
@@ -69,31 +76,67 @@ STORES: dict[str, Stores] = {
 }
 
 
+def _timing_refusal(scheme: Scheme) -> str | None:
+    """Why the pattern cannot take the scheme's schedule or distribution (with the fix), or None."""
+    pattern, schedule = scheme.pattern, scheme.schedule
+    if schedule.dynamic and pattern.unit is None:
+        what = "dense has nothing to prune" if not pattern.sparse else f"{pattern.family} fixes which weights it keeps"
+        return f"schedule '{schedule}' moves single weights or blocks, and {what}; use random, magnitude or block"
+    if schedule.starts_dense and not isinstance(pattern, (Magnitude, Block)):
+        return (f"'{schedule}' prunes by magnitude; write 'magnitude:{pattern.level:g}/{schedule}' "
+                "(or a block pattern, pruned by block norm)")
+    if scheme.distribution != "uniform" and pattern.unit != (1, 1):
+        return (f"distribution '{scheme.distribution}' spreads single weights; use it with random or magnitude, "
+                "or drop it for the uniform distribution")
+    return None
+
+
 @dataclass(frozen=True)
 class Scheme:
     pattern: Pattern  # the pattern value, e.g. patterns.Block(4, 4, 0.5)
     representation: str = DEFAULT_REPRESENTATION
+    schedule: Static = STATIC  # when the mask is chosen (schedules.py); static: at initialisation
+    distribution: str = "uniform"  # how S is spread over the layers (distributions.py)
 
     def __post_init__(self):
         stores = STORES.get(self.representation)
         if stores is None:
             raise ValueError(f"scheme '{self}': unknown representation {self.representation!r}; "
                              f"choose one of {', '.join(sorted(STORES))}")
-        why = stores.refusal(self)
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"scheme '{self}': unknown distribution {self.distribution!r}; "
+                             f"choose one of {', '.join(DISTRIBUTIONS)}")
+        why = stores.refusal(self) or _timing_refusal(self)
         if why:
             raise ValueError(f"scheme '{self}': {why}")
 
+    @property
+    def timing(self) -> str:
+        """The ``/SCHEDULE/DISTRIBUTION`` suffix (empty for the defaults)."""
+        parts = ([str(self.schedule)] if self.schedule.dynamic else []) + \
+                ([self.distribution] if self.distribution != "uniform" else [])
+        return "".join(f"/{p}" for p in parts)
+
     def __str__(self) -> str:
         if self.representation == DEFAULT_REPRESENTATION:
-            return str(self.pattern)
-        return f"{self.pattern}@{self.representation}"
+            return f"{self.pattern}{self.timing}"
+        return f"{self.pattern}{self.timing}@{self.representation}"
 
     @property
     def slug(self) -> str:
-        """File-safe id: ``dense``, ``random-0.5-csr``, ``block4x4-0.5-bsr``, ``nm2of4-masked``."""
+        """File-safe id: ``dense``, ``random-0.5-csr``, ``block4x4-0.5-bsr``, ``nm2of4-masked``,
+        ``random-0.9-rigl-erk-csr``."""
+        timing = ([self.schedule.slug] if self.schedule.dynamic else []) + \
+                 ([self.distribution] if self.distribution != "uniform" else [])
+        body = "-".join([self.pattern.slug, *timing])
         if not self.pattern.sparse and self.representation == DEFAULT_REPRESENTATION:
-            return self.pattern.slug
-        return f"{self.pattern.slug}-{self.representation}"
+            return body
+        return f"{body}-{self.representation}"
+
+    @property
+    def static(self) -> Scheme:
+        """The same pattern, distribution and representation with its mask fixed at initialisation."""
+        return replace(self, schedule=STATIC)
 
     @property
     def target_sparsity(self) -> float:
@@ -101,17 +144,30 @@ class Scheme:
         return self.pattern.target_sparsity
 
     def with_representation(self, representation: str) -> Scheme:
-        """The same pattern in another representation (ValueError if that one cannot store it)."""
-        return Scheme(self.pattern, representation)
+        """The same scheme in another representation (ValueError if that one cannot store it)."""
+        return replace(self, representation=representation)
 
 
 def parse_scheme(text: str | Scheme) -> Scheme:
-    """Parse ``PATTERN[:PARAMS][@REPRESENTATION]`` into a Scheme; ValueError names what is wrong.
-    A Scheme is returned as it is."""
+    """Parse ``PATTERN[:PARAMS][/SCHEDULE][/DISTRIBUTION][@REPRESENTATION]`` into a Scheme; ValueError
+    names what is wrong. A Scheme is returned as it is."""
     if isinstance(text, Scheme):
         return text
     if not isinstance(text, str) or not text.strip():
-        raise ValueError("empty scheme; write e.g. 'dense', 'random:0.5', 'block:4x4:0.5@bsr', 'nm:2:4'")
+        raise ValueError("empty scheme; write e.g. 'dense', 'random:0.5', 'block:4x4:0.5@bsr', 'nm:2:4', "
+                         "'magnitude:0.9/gmp'")
     text = text.strip()
     body, _, representation = text.partition("@")
-    return Scheme(parse_pattern(body, text), representation or DEFAULT_REPRESENTATION)
+    pattern_text, *timing = body.split("/")
+    schedule, distribution = None, None
+    for part in timing:
+        if part in DISTRIBUTIONS:
+            if distribution is not None:
+                raise ValueError(f"scheme {text!r}: two distributions ({distribution!r}, {part!r}); give one")
+            distribution = part
+        else:
+            if schedule is not None:
+                raise ValueError(f"scheme {text!r}: two schedules ({schedule}, {part!r}); give one")
+            schedule = parse_schedule(part, text)
+    return Scheme(parse_pattern(pattern_text, text), representation or DEFAULT_REPRESENTATION,
+                  schedule or STATIC, distribution or "uniform")

@@ -9,6 +9,13 @@ first, and the grid runs it on models built on the meta device before anything t
 
 Which representation stores a layer is the scheme's, or, for a selection policy (``auto``), the one
 the policy picks for that layer; either way the layer's ``sparse_weight.name`` says which.
+
+A scheme with a dynamic schedule (``random:0.9/rigl``, ``magnitude:0.9/gmp``) needs the run's length
+(``total_steps``) and leaves a ``MaskUpdater`` on the model as ``model.mask_updater`` (``updater.py``):
+the training loop calls ``model.mask_updater.step(optimizer)`` after each optimizer step. A gradual
+schedule (``gmp``, ``oneshot``) builds every pruned layer dense, stored ``masked``, and the updater
+moves each to the scheme's representation when it is sparse enough to pay. A distribution other than
+uniform (``/erk``) sets each layer's count of zeroed weights (``distributions.py``).
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from . import distributions
 from .patterns import as_matrix, make_mask
 from .representations import REPRESENTATIONS, SparseConv2d, SparseLinear, auto
 from .schemes import Scheme, parse_scheme
+from .updater import MaskUpdater
 
 # representation name -> the policy that picks a concrete representation per layer:
 # (scheme, layer name, layer, mask, input shape or None) -> representation name
@@ -118,8 +127,19 @@ def layer_inputs(model: nn.Module, layers, example_inputs) -> dict[str, tuple[in
     return shapes
 
 
+def layer_counts(scheme: Scheme, layers) -> dict[str, int | None]:
+    """Units each layer zeroes at build time: none for a gradual schedule (it starts dense), the
+    distribution's counts for a non-uniform one, else None (the pattern's own per-layer rule)."""
+    if scheme.schedule.starts_dense:
+        return {name: 0 for name, _ in layers}
+    if scheme.distribution == "uniform":
+        return {name: None for name, _ in layers}
+    shapes = {name: tuple(layer.weight.shape) for name, layer in layers}
+    return distributions.counts(scheme.distribution, shapes, scheme.target_sparsity, scheme.pattern.unit)
+
+
 def sparsify(model: nn.Module, scheme: Scheme | str, seed: int = 0, keep_dense: Iterable[str] | None = None,
-             example_inputs: torch.Tensor | None = None) -> nn.Module:
+             example_inputs: torch.Tensor | None = None, total_steps: int | None = None) -> nn.Module:
     """Replace the prunable layers of ``model`` in place with ``scheme``'s representation; returns the model.
 
     Every layer is checked (and, for a policy, its representation chosen) before any is replaced, so
@@ -130,13 +150,21 @@ def sparsify(model: nn.Module, scheme: Scheme | str, seed: int = 0, keep_dense: 
     (``reset_parameters()``, on the device of the model's other parameters) just before its sparse
     form is made, so a model whose dense weights would not fit can be built sparse.
     ``example_inputs`` (a batch as training will see it) lets a selection policy (``auto``) time
-    each layer at its input shape.
+    each layer at its input shape. ``total_steps``: the run's optimizer steps, which a dynamic
+    schedule needs (its fractions are of it); the model then carries ``model.mask_updater``.
     """
     scheme = parse_scheme(scheme)
     if not scheme.pattern.sparse:
         return model
+    if scheme.schedule.dynamic and total_steps is None:
+        raise ValueError(f"scheme '{scheme}': schedule '{scheme.schedule}' needs the run's length; pass "
+                         "sparsify(..., total_steps=<optimizer steps of the run>)")
     policy = POLICIES.get(scheme.representation)
+    if policy is not None and scheme.schedule.starts_dense and example_inputs is None:
+        raise ValueError(f"scheme '{scheme}': '{scheme.representation}' times each layer when it switches to sparse "
+                         "storage; pass sparsify(..., example_inputs=a training batch)")
     layers = check_scheme(model, scheme, keep_dense)
+    counts = layer_counts(scheme, layers)
     meta = [name for name, layer in layers if layer.weight.is_meta]
     if meta and policy is not None:
         raise ValueError(f"layers {meta} are on the meta device: '{scheme.representation}' times each layer's real "
@@ -147,9 +175,11 @@ def sparsify(model: nn.Module, scheme: Scheme | str, seed: int = 0, keep_dense: 
     shapes = layer_inputs(model, layers, example_inputs) if policy and example_inputs is not None else {}
     # every choice is made before any layer is replaced, so a refusal leaves the model untouched
     concrete = {name: scheme for name, _ in layers}
-    if policy is not None:
+    if scheme.schedule.starts_dense:  # stored densely until the updater prunes them far enough to pay
+        concrete = {name: scheme.with_representation("masked") for name, _ in layers}
+    elif policy is not None:
         for name, layer in layers:
-            mask = make_mask(layer.weight, scheme, seed=layer_seed(seed, name), layer=name)
+            mask = make_mask(layer.weight, scheme, seed=layer_seed(seed, name), layer=name, n_zero=counts[name])
             concrete[name] = scheme.with_representation(policy(scheme, name, layer, mask, shapes.get(name)))
             del mask
     # then one layer at a time: its sparse form is built and swapped in, and its dense weight is
@@ -163,12 +193,15 @@ def sparsify(model: nn.Module, scheme: Scheme | str, seed: int = 0, keep_dense: 
         if layer.weight.is_meta:  # built lazily: its dense weight exists only while its sparse form is made
             layer.to_empty(device=device)
             layer.reset_parameters()
-        mask = make_mask(layer.weight, scheme, seed=layer_seed(seed, name), layer=name)
+        mask = make_mask(layer.weight, scheme, seed=layer_seed(seed, name), layer=name, n_zero=counts[name])
         weight = REPRESENTATIONS[concrete[name].representation](layer.weight.detach(), mask, concrete[name])
         del mask
         new = SparseLinear(weight, layer.bias) if isinstance(layer, nn.Linear) else SparseConv2d(weight, layer.bias,
                                                                                                   layer)
         setattr(parent, child, new)
         del layer, weight, new  # the dense layer (and its weight) goes with the last reference
+    if scheme.schedule.dynamic:
+        model.mask_updater = MaskUpdater(scheme, {name: model.get_submodule(name) for name in concrete},
+                                         total_steps, seed=seed, input_shapes=shapes)
     return model
 

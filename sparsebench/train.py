@@ -97,6 +97,7 @@ class Trained:
     seconds: float
     batch_size: int
     curve: dict  # curves.CurveRecorder.document()
+    mask_updates: dict | None = None  # updater.MaskUpdater.report(), for a dynamic schedule
 
 
 class CellRun:
@@ -116,6 +117,9 @@ class CellRun:
                                                        else "cpu"))
         self.task: LoadedData = self.arch.load(self.training, self.size, settings.data_dir).to(self.device)
         self.steps = self.training.total_steps(len(self.task.y_train))
+        if cell.scheme.schedule.dynamic and budget.seconds:
+            raise ValueError(f"{cell}: schedule '{cell.scheme.schedule}' is set in fractions of the run's steps, and a "
+                             "wall-clock budget (--seconds) has no step count; drop --seconds")
         self.ready: Fresh | None = None  # set by fresh(), used up by train()
         self.trained: Trained | None = None  # set by train()
 
@@ -133,7 +137,7 @@ class CellRun:
         model = self.arch.build(self.size, self.task).to(self.device)
         example = self.arch.inputs(self.task.x_train[:self.training.batch_size])  # lets `auto` time real shapes
         return sparsify(model, scheme or self.cell.scheme, seed=self.seed, example_inputs=example,
-                        keep_dense=dense_layers(model, self.settings.keep_dense))
+                        keep_dense=dense_layers(model, self.settings.keep_dense), total_steps=self.steps)
 
     def fresh(self) -> None:
         model = self.new_model()
@@ -155,6 +159,7 @@ class CellRun:
         def slice_accuracy() -> float:
             return self.evaluate(run.model, self.task.x_test[rows], self.task.y_test[rows])[0]
 
+        updater = getattr(run.model, "mask_updater", None)
         bar = tqdm(total=None if budget.seconds else self.steps, desc=str(self.cell), unit="step",
                    disable=not self.settings.progress, leave=False, dynamic_ncols=True)
         curve.add(0, 0.0, slice_accuracy())
@@ -166,6 +171,11 @@ class CellRun:
             if augment is not None:
                 x = augment(x, augment_gen)
             losses.append(train_step(run.model, run.optimizer, x, y))
+            if updater is not None and updater.step(run.optimizer):
+                for change in updater.switches[len(updater.switches) - 1:]:
+                    if change["step"] == len(losses) and self.settings.progress:
+                        tqdm.write(f"{self.cell}: layer {change['layer']} stored as {change['to']} from step "
+                                   f"{change['step']} (sparsity {change['sparsity']:.3f})")
             curve.saw(losses[-1])
             if run.schedule is not None:
                 run.schedule.step()
@@ -189,7 +199,7 @@ class CellRun:
             raise FloatingPointError(f"{self.cell}: training loss became non-finite "
                                      f"at step {int((~torch.isfinite(losses)).nonzero()[0])}")
         self.trained = Trained(run.model, run.optimizer, losses, seconds, run.batches.batch_size,
-                               curve.document(len(rows)))
+                               curve.document(len(rows)), updater.report() if updater is not None else None)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, x: torch.Tensor | None = None,
@@ -215,6 +225,10 @@ class CellRun:
         """Step times of a fresh dense and a fresh scheme model on the same batch, interleaved in this process."""
         dense, sparse = self.new_model(DENSE), self.new_model()
         dense_opt, sparse_opt = make_optimizer(dense, self.training), make_optimizer(sparse, self.training)
+        updater = getattr(sparse, "mask_updater", None)
+        if updater is not None:  # the steady state: a gradual schedule's model as it ends (pruned, stored sparse)
+            updater.finish_now(sparse_opt)
+            updater.remove()
         x, y = self.batch(Batches(len(self.task.y_train), self.training.batch_size, self.seed + 1).next())
         return timing.interleaved(lambda: train_step(dense, dense_opt, x, y),
                                   lambda: train_step(sparse, sparse_opt, x, y), self.budget.timing_steps,
@@ -222,10 +236,20 @@ class CellRun:
 
     def memory_pass(self, scheme: Scheme | None = None) -> None:
         """A short training pass of a fresh ``scheme`` model (default: the cell's) that allocates its own model
-        and optimizer: what ``peak_memory`` measures."""
+        and optimizer: what ``peak_memory`` measures. A dynamic schedule's pass holds its states and one update
+        between them: steps as built, the schedule's largest update (a gradual one pruned to S and switched
+        to sparse storage; a drop-and-grow one after a step with RigL's dense gradients), then steps again."""
         model = self.new_model(scheme)
         optimizer = make_optimizer(model, self.training)
         batches = Batches(len(self.task.y_train), self.training.batch_size, self.seed)
+        updater = getattr(model, "mask_updater", None)
+        for i in range(self.budget.memory_steps):
+            if updater is not None and i == self.budget.memory_steps - 1:
+                updater.capture_next()
+            train_step(model, optimizer, *self.batch(batches.next()))
+        if updater is None:
+            return
+        updater.force_update(optimizer)
         for _ in range(self.budget.memory_steps):
             train_step(model, optimizer, *self.batch(batches.next()))
 
@@ -262,6 +286,6 @@ class CellRun:
             step_times_s={"dense": dense_times, "scheme": scheme_times,
                           "dense_median": statistics.median(dense_times),
                           "scheme_median": statistics.median(scheme_times)},
-            curve=trained.curve,
+            curve=trained.curve, mask_updates=trained.mask_updates,
             env=environment(self.device),
         )

@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sparsebench"
 # The library core: what a user needs to sparsify a model and count its memory. Everything else in
 # the package (data, models, budgets, training, results, gate, report, cli, ...) is the harness.
 CORE = {"sparsebench", "sparsebench.schemes", "sparsebench.patterns", "sparsebench.sparsify", "sparsebench.ledger",
+        "sparsebench.schedules", "sparsebench.distributions", "sparsebench.restructure", "sparsebench.updater",
         "sparsebench.machine", "sparsebench.atomic", "sparsebench.timing", "sparsebench.allocator"}
 CORE_PACKAGES = ("sparsebench.representations", "sparsebench.kernels")  # with every module under them
 

@@ -146,7 +146,7 @@ def _stable_sort_mask(scores, n_zero):
        fraction=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
 def test_keep_largest_is_the_stable_sort_rule(n, kind, fraction, seed):
     """The bisection that replaced the sort keeps exactly the same weights, ties and signs included."""
-    from sparsebench.patterns import _keep_largest
+    from sparsebench.patterns import keep_largest
 
     g = torch.Generator().manual_seed(seed)
     scores = {"uniform": lambda: torch.rand(n, generator=g),
@@ -154,4 +154,4 @@ def test_keep_largest_is_the_stable_sort_rule(n, kind, fraction, seed):
               "signed": lambda: torch.randn(n, generator=g),
               "zeros": lambda: torch.randint(-1, 2, (n,), generator=g).float() * 0.0}[kind]()  # -0.0 and +0.0
     n_zero = min(int(fraction * n), n - 1)
-    assert torch.equal(_keep_largest(scores, n_zero), _stable_sort_mask(scores, n_zero))
+    assert torch.equal(keep_largest(scores, n_zero), _stable_sort_mask(scores, n_zero))

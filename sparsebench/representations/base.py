@@ -25,6 +25,9 @@ class RepresentationUnavailable(RuntimeError):
 
 class SparseWeight(nn.Module):
     name: ClassVar[str]  # its key in REPRESENTATIONS; which schemes it stores is schemes.STORES[name]
+    # True: ``stored`` holds only the kept units, in row-major unit order (a mask update resizes it);
+    # False: ``stored`` is the dense weight (``masked``), zero at pruned positions
+    packed: ClassVar[bool] = True
 
     def __init__(self, weight: torch.Tensor, scheme: Scheme):
         """The layer's shape and scheme; a subclass takes ``(weight, mask, scheme)`` and stores what
@@ -82,6 +85,22 @@ class SparseWeight(nn.Module):
 
     def densify(self, stored_like: torch.Tensor) -> torch.Tensor:
         """Scatter a tensor laid out like ``stored`` into the layer's dense weight shape (zeros elsewhere)."""
+        raise NotImplementedError
+
+    def gather(self, dense_like: torch.Tensor) -> torch.Tensor:
+        """The inverse of ``densify``: a tensor of the layer's shape laid out like ``stored`` (its values at
+        the kept positions), e.g. an optimizer state carried over from another representation."""
+        raise NotImplementedError
+
+    @property
+    def storage_unit(self) -> tuple[int, int]:
+        """The (rows, cols) one stored entry covers: a weight (csr, masked) or a block (bsr)."""
+        return (1, 1)
+
+    def set_units(self, unit_mask: torch.Tensor) -> None:
+        """Store a new structure: ``unit_mask`` (bool, the layer's matrix in ``storage_unit`` units) says
+        which are kept. Only the structure changes here; ``restructure.restructure`` moves the values and
+        the optimizer state."""
         raise NotImplementedError
 
     def to_dense(self) -> torch.Tensor:

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..patterns import as_matrix
 from .base import SparseWeight
-from .csr import csr_structure, load_transposed, register_structure
+from .csr import csr_structure, load_transposed, register_structure, transposed_structure
 
 
 def block_mask_of(mask2d: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
@@ -121,3 +121,18 @@ class BsrWeight(SparseWeight):
     def densify(self, stored_like):
         dense = torch.sparse_bsr_tensor(self.crow, self.col, stored_like, self.shape2d)
         return dense.to_dense().reshape(self.shape)
+
+    @property
+    def storage_unit(self):
+        return self.block
+
+    def gather(self, dense_like):
+        blocks = block_mask_of(as_matrix(self.mask()), self.block)
+        return to_blocks(as_matrix(dense_like), blocks, self.block)
+
+    def set_units(self, unit_mask):
+        crow, col = csr_structure(unit_mask.bool().to(self.crow.device))
+        self.crow, self.col = crow.to(self.crow.dtype), col.to(self.col.dtype)
+        transposed = transposed_structure(crow, col, self.shape2d[1] // self.block[1])
+        for name, t in zip(("t_crow", "t_col", "perm"), transposed, strict=True):
+            setattr(self, name, t.to(getattr(self, name).dtype))

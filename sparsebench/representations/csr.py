@@ -179,3 +179,13 @@ class CsrWeight(SparseWeight):
     def densify(self, stored_like):
         dense = torch.sparse_csr_tensor(self.crow, self.col.to(self.crow.dtype), stored_like, self.shape2d)
         return dense.to_dense().reshape(self.shape)
+
+    def gather(self, dense_like):
+        return kept_values(as_matrix(dense_like), as_matrix(self.mask()), self.crow)
+
+    def set_units(self, unit_mask):
+        crow, col = csr_structure(unit_mask.bool().to(self.crow.device), narrow=True)
+        self.crow, self.col = crow, col
+        for name, t in zip(("t_crow", "t_col", "perm"), transposed_structure(crow, col, self.shape2d[1], narrow=True),
+                           strict=True):
+            setattr(self, name, t)

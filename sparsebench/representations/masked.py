@@ -36,6 +36,7 @@ class _MaskGradient(torch.autograd.Function):
 
 class MaskedWeight(SparseWeight):
     name = "masked"
+    packed = False
 
     def __init__(self, weight, mask, scheme):
         super().__init__(weight, scheme)
@@ -70,6 +71,14 @@ class MaskedWeight(SparseWeight):
 
     def densify(self, stored_like):
         return stored_like * self.kept
+
+    def gather(self, dense_like):
+        return dense_like * self.kept
+
+    def set_units(self, unit_mask):
+        kept = unit_mask.to(self.kept.device).reshape(self.shape)
+        self.kept.copy_(kept)
+        self.kept_scale.copy_(kept)
 
     def mask(self):
         return self.kept
