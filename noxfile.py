@@ -21,16 +21,17 @@ def install(session, extras="dev"):
 
 @nox.session
 def tests(session):
-    """Unit and Hypothesis property tests; then, since a process loads one kernel variant, the kernel
-    and sparse-representation property tests once more per other variant this CPU runs."""
+    """Unit and Hypothesis property tests; then, since a process loads one kernel variant, the kernel,
+    sparse-representation and mask-update property tests once more per other variant this CPU runs."""
     install(session)
     session.run("pytest", "tests", "-q", *session.posargs)
     others = session.run("python", "-c", "from sparsebench import kernels; v = kernels.variant(); "
                          "print(' '.join(x for x in kernels.supported_variants() if x != v))", silent=True)
     for variant in (others or "").split():
         session.log(f"kernel variant {variant} (SPARSEBENCH_CPU_ISA={variant})")
-        session.run("pytest", "tests/test_kernels.py", "tests/test_representations.py", "-q", "-k",
-                    "test_kernels or csr or bsr_cpp", env={"SPARSEBENCH_CPU_ISA": variant})
+        session.run("pytest", "tests/test_kernels.py", "tests/test_representations.py", "tests/test_mask_updates.py",
+                    "-q", "-k", "test_kernels or csr or bsr_cpp or masked_reference",
+                    env={"SPARSEBENCH_CPU_ISA": variant})
 
 
 @nox.session
@@ -81,9 +82,11 @@ def study(session):
 
 @nox.session(name="study-converge")
 def study_converge(session):
-    """The study at the `converge` budget (time to accuracy; about 2 hours on 2 cores with one seed):
-    documents, STUDY.md and plots in docs/study-converge, committed so a later run on any machine
-    resumes it. Arguments go to `sparsebench study` (e.g. `nox -s study-converge -- --seeds 3`,
-    `-- --executor ray`)."""
+    """The study at the `converge` budget (time to accuracy; the static subset about 2 hours on 2 cores with
+    one seed) and its method comparison (`--methods default`: masks chosen or moved during training, 16 more
+    points of about 10 minutes each): documents, STUDY.md and plots in docs/study-converge, committed so a
+    later run on any machine resumes it. Arguments go to `sparsebench study` (e.g. `nox -s study-converge --
+    --seeds 3`, `-- --executor ray`)."""
     install(session)
-    session.run("sparsebench", "study", "--budget", "converge", "--out", "docs/study-converge", *session.posargs)
+    session.run("sparsebench", "study", "--budget", "converge", "--out", "docs/study-converge", "--methods", "default",
+                *session.posargs)

@@ -126,12 +126,20 @@ class Scheme:
     def slug(self) -> str:
         """File-safe id: ``dense``, ``random-0.5-csr``, ``block4x4-0.5-bsr``, ``nm2of4-masked``,
         ``random-0.9-rigl-erk-csr``."""
-        timing = ([self.schedule.slug] if self.schedule.dynamic else []) + \
-                 ([self.distribution] if self.distribution != "uniform" else [])
-        body = "-".join([self.pattern.slug, *timing])
+        body = "-".join([self.pattern.slug, *([self.timing_slug] if self.timing_slug else [])])
         if not self.pattern.sparse and self.representation == DEFAULT_REPRESENTATION:
             return body
         return f"{body}-{self.representation}"
+
+    @property
+    def timing_slug(self) -> str:
+        """The file-safe form of ``timing``: ``rigl-erk``, ``gmp`` (empty for the defaults)."""
+        return self.slug_of_timing(self.schedule, self.distribution)
+
+    @staticmethod
+    def slug_of_timing(schedule: Static, distribution: str) -> str:
+        return "-".join(([schedule.slug] if schedule.dynamic else []) + ([distribution] if distribution != "uniform"
+                                                                         else []))
 
     @property
     def static(self) -> Scheme:

@@ -309,6 +309,7 @@ def test_every_schedule_runs_end_to_end_on_the_smoke_budget(scheme, tiny_setting
     total = result.sparsity["total"]
     s = parse_scheme(scheme).target_sparsity
     pruned = [v for n, v in result.sparsity["layers"].items() if n in result.representations]
-    assert 1 - sum(v["kept"] for v in pruned) / sum(v["count"] for v in pruned) == pytest.approx(s, abs=0.01)
+    # within the rounding rule's reach: the smoke transformer's 64x64 layers hold 16 blocks of 16x16 (14 zeroed)
+    assert 1 - sum(v["kept"] for v in pruned) / sum(v["count"] for v in pruned) == pytest.approx(s, abs=0.03)
     assert total["kept"] <= total["count"]
     assert result.curve["points"][-1]["seconds"] == pytest.approx(result.train_time_s)

@@ -94,6 +94,30 @@ def test_time_to_accuracy_end_to_end_with_a_pattern_that_never_gets_there(tiny_d
     assert "![accuracy vs training time](accuracy_vs_time.png)" in text
 
 
+def test_the_method_comparison_end_to_end(tiny_data_dir, tmp_path):
+    """A smoke study with masks chosen during training: each method is trained once with its schedule, its
+    document names its timing, and STUDY.md compares it with its static pattern, update cost included."""
+    out = tmp_path / "study"
+    assert main(["study", "--budget", "smoke", "--archs", "transformer", "--patterns", "random", "magnitude",
+                 "--levels", "0.9", "--methods", "magnitude/gmp", "random/rigl/erk", "--only", "accuracy",
+                 "--out", str(out), "--data-dir", str(tiny_data_dir), "--quiet"]) == 0
+    doc = json.loads((out / "accuracy/smoke/transformer/random-0.9-rigl-erk-seed0.json").read_text())
+    assert doc["point"]["timing"] == "/rigl/erk" and doc["point"]["training_scheme"] == "random:0.9/rigl/erk@auto"
+    updates = doc["value"]["result"]["mask_updates"]
+    assert updates["updates"] >= 1 and updates["dense_grad_s"] > 0
+    gmp = json.loads((out / "accuracy/smoke/transformer/magnitude-0.9-gmp-seed0.json").read_text())
+    assert gmp["value"]["result"]["mask_updates"]["switches"]
+    text = (out / "STUDY.md").read_text()
+    section = text.split("## When the mask is chosen", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| transformer")]
+    methods = {line.split("|")[3].strip() for line in rows}
+    assert methods == {"random:0.9", "magnitude:0.9", "magnitude:0.9/gmp", "random:0.9/rigl/erk"}
+    assert "transformer (" in section and "soonest" in section or "ends most accurate" in section
+    # the static tables keep only the static patterns
+    accuracy = text.split("## Accuracy", 1)[1].split("\n## ", 1)[0]
+    assert "/gmp" not in accuracy and "/rigl" not in accuracy
+
+
 def _count_calls(monkeypatch):
     calls = []
     for name in ("measure_accuracy", "measure_cost"):
@@ -193,6 +217,8 @@ def test_progress_names_an_unusable_document(tiny_data_dir, tmp_path, capsys):
     (["--seeds", "0"], "must be in [1, 100]"),
     (["--budget", "full"], "invalid choice"),
     (["--representations", "semi"], "invalid choice"),
+    (["--methods", "random/gmp"], "prunes by magnitude"),
+    (["--methods", "random"], "FAMILY/SCHEDULE"),
     (["--report-only", "--out", "{tmp}/nowhere/at/all"], "does not exist"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):

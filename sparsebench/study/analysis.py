@@ -53,10 +53,11 @@ def _training_label(result: dict) -> str:
 
 
 def accuracy_points_of(docs: dict[str, dict]) -> dict[tuple[str, Pattern], dict[int, dict]]:
-    """(arch, pattern) -> seed -> the measured accuracy point's grid result document."""
+    """(arch, pattern) -> seed -> the measured accuracy point's grid result document (masks fixed at
+    initialisation; ``method_rows`` compares the rest)."""
     out: dict[tuple[str, Pattern], dict[int, dict]] = defaultdict(dict)
     for doc in docs.values():
-        if doc["point"]["kind"] == "accuracy" and doc["status"] == "ok":
+        if doc["point"]["kind"] == "accuracy" and doc["status"] == "ok" and not doc["point"].get("timing"):
             p = doc["point"]
             out[(p["arch"], parse_pattern(p["pattern"]))][p["seed"]] = doc["value"]["result"]
     return out
@@ -91,23 +92,63 @@ def time_to_accuracy_table(docs: dict[str, dict], drops=TARGET_DROPS) -> dict[tu
     dense_of = {arch: by_seed for (arch, pattern), by_seed in curves.items() if not pattern.sparse}
     out = {}
     for (arch, pattern), by_seed in curves.items():
-        dense = dense_of.get(arch, {})
-        seeds = [s for s in by_seed if s in dense]
-        if not seeds:
-            continue
-        row = {}
-        for drop in drops:
-            targets = {s: final_accuracy(dense[s]) - drop / 100 for s in seeds}
-            times = {s: time_to_accuracy(by_seed[s], targets[s]) for s in seeds}
-            reached = [s for s in seeds if times[s] is not None]
-            multiples = [times[s] / time_to_accuracy(dense[s], targets[s]) for s in reached
-                         if time_to_accuracy(dense[s], targets[s])]
-            row[drop] = {"n": len(seeds), "reached": len(reached),
-                         "target": statistics.fmean(targets.values()),
-                         "seconds": mean_spread([times[s] for s in reached]) if reached else None,
-                         "multiple": mean_spread(multiples) if multiples else None}
-        out[(arch, pattern)] = row
+        row = _tta_row(by_seed, dense_of.get(arch, {}), drops)
+        if row is not None:
+            out[(arch, pattern)] = row
     return out
+
+
+def _tta_row(by_seed: dict[int, list[dict]], dense: dict[int, list[dict]], drops) -> dict | None:
+    """drop -> time to dense's final curve accuracy minus ``drop`` points, paired by seed (None: no dense seed)."""
+    seeds = [s for s in by_seed if s in dense]
+    if not seeds:
+        return None
+    row = {}
+    for drop in drops:
+        targets = {s: final_accuracy(dense[s]) - drop / 100 for s in seeds}
+        times = {s: time_to_accuracy(by_seed[s], targets[s]) for s in seeds}
+        reached = [s for s in seeds if times[s] is not None]
+        multiples = [times[s] / time_to_accuracy(dense[s], targets[s]) for s in reached
+                     if time_to_accuracy(dense[s], targets[s])]
+        row[drop] = {"n": len(seeds), "reached": len(reached), "target": statistics.fmean(targets.values()),
+                     "seconds": mean_spread([times[s] for s in reached]) if reached else None,
+                     "multiple": mean_spread(multiples) if multiples else None}
+    return row
+
+
+def method_rows(docs: dict[str, dict], drops=TARGET_DROPS) -> list[dict]:
+    """The comparison of when masks are chosen, per arch: every accuracy point with a ``timing`` (a schedule or
+    a distribution) and the static patterns it moves (the same pattern, mask fixed at initialisation), each
+    with accuracy (mean, std, n; paired delta in points), time to accuracy (``tta``, as ``_tta_row``), the
+    whole run's training seconds, and the mask updates' cost (``overhead_s_per_step``: updates and RigL's
+    dense gradients, per training step; ``updates`` per run). Ordered by arch, then as first measured."""
+    by: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
+    for doc in docs.values():
+        p = doc["point"]
+        if p["kind"] == "accuracy" and doc["status"] == "ok":
+            by[(p["arch"], p["pattern"] + p.get("timing", ""))][p["seed"]] = doc["value"]["result"]
+    moved = {(arch, str(parse_scheme(label).pattern)) for (arch, label) in by if "/" in label}
+    dense_of = {arch: by_seed for (arch, label), by_seed in by.items() if label == "dense"}
+    rows = []
+    for (arch, label), by_seed in by.items():
+        if "/" not in label and (arch, label) not in moved:
+            continue
+        dense = dense_of.get(arch, {})
+        mean, std = mean_spread([r["accuracy"] for r in by_seed.values()])
+        deltas = [100 * (r["accuracy"] - dense[s]["accuracy"]) for s, r in by_seed.items() if s in dense]
+        updates = [r.get("mask_updates") or {} for r in by_seed.values()]
+        curves = {s: check_curve(r["curve"], f"{arch} {label} seed {s}: curve") for s, r in by_seed.items()
+                  if r.get("curve")}
+        dense_curves = {s: check_curve(r["curve"], f"{arch} dense seed {s}: curve") for s, r in dense.items()
+                        if r.get("curve")}
+        rows.append({"arch": arch, "method": label, "n": len(by_seed), "mean": mean, "std": std,
+                     "delta": mean_spread(deltas) if deltas else None,
+                     "train_time_s": mean_spread([r["train_time_s"] for r in by_seed.values()]),
+                     "tta": _tta_row(curves, dense_curves, drops),
+                     "overhead_s_per_step": mean_spread([u.get("overhead_s_per_step", 0.0) for u in updates]),
+                     "updates": max(u.get("updates", 0) for u in updates),
+                     "model": model_label(arch, next(iter(by_seed.values()))["model"])})
+    return sorted(rows, key=lambda r: r["arch"])
 
 
 def cost_results(docs: dict[str, dict]) -> list[tuple[dict, CostResult]]:

@@ -20,6 +20,7 @@ from .points import (
     FAMILIES,
     FIXED,
     LEVELS,
+    METHODS,
     REPRESENTATIONS,
     Sweep,
 )
@@ -69,6 +70,7 @@ def add_study_parser(sub) -> None:
         "Examples:\n  sparsebench study                      # the default study\n"
         "  sparsebench study --seeds 3 --only accuracy\n"
         "  sparsebench study --budget converge --out results/study-converge   # time to accuracy\n"
+        "  sparsebench study --budget converge --methods default   # + gmp, oneshot, set, rigl, erk\n"
         "  sparsebench study --archs cnn --patterns block:16x16 --levels 0.9 --sizes reference\n"
         "  sparsebench study --report-only          # regenerate STUDY.md from the documents")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"study directory (default: {DEFAULT_OUT})")
@@ -89,6 +91,10 @@ def add_study_parser(sub) -> None:
     p.add_argument("--representations", nargs="+", choices=list(REPRESENTATIONS),
                    help="representations costed (default: all that apply; with --budget converge: auto)")
     p.add_argument("--all", action="store_true", help="cost every representation at every point and size")
+    p.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help="also train FAMILY/SCHEDULE[/DISTRIBUTION] accuracy points at --levels, masks chosen or moved "
+                        "during training (e.g. magnitude/gmp random/rigl/erk block:16x16/rigl); 'default' for "
+                        + " ".join(METHODS))
     p.add_argument("--only", choices=["accuracy", "cost"], help="run only one of the two sweeps")
     p.add_argument("--report-only", action="store_true", help="measure nothing; write STUDY.md from OUT")
     p.add_argument("--force", action="store_true", help="remeasure points already in OUT")
@@ -105,7 +111,16 @@ def sweep_of(args) -> Sweep:
                  representations=tuple(args.representations
                                        or DEFAULT_REPRESENTATIONS.get(args.budget, REPRESENTATIONS)), seeds=args.seeds,
                  budget=args.budget, sizes=tuple(args.sizes or COST_BUDGETS[args.budget]),
-                 all_costs=args.all, accuracy=args.only != "cost", cost=args.only != "accuracy")
+                 all_costs=args.all, accuracy=args.only != "cost", cost=args.only != "accuracy",
+                 methods=methods_of(args.methods))
+
+
+def methods_of(names: list[str] | None) -> tuple[str, ...]:
+    """``--methods``: the names given, ``default`` standing for ``points.METHODS``."""
+    out: list[str] = []
+    for name in names or []:
+        out += list(METHODS) if name == "default" else [name]
+    return tuple(dict.fromkeys(out))
 
 
 def command_line(args) -> str:
@@ -116,7 +131,7 @@ def command_line(args) -> str:
     for flag in ("budget", "seeds"):
         if getattr(args, flag) != {"budget": "ci", "seeds": 1}[flag]:
             words += [f"--{flag}", str(getattr(args, flag))]
-    for flag in ("sizes", "archs", "patterns", "levels", "representations"):
+    for flag in ("sizes", "archs", "patterns", "levels", "representations", "methods"):
         if getattr(args, flag) and (flag != "archs" or args.archs != list(_arch_names())):
             words += [f"--{flag}", *map(str, getattr(args, flag))]
     for flag in ("all", "report_only"):

@@ -1,6 +1,7 @@
 """The study's sweep (a frozen dataclass) and the points it expands to.
 
-An **accuracy point** is (arch, pattern, seed) on the accuracy budget; a **cost point** is (arch, size,
+An **accuracy point** is (arch, pattern, seed) on the accuracy budget, with an optional ``timing``
+(``/rigl/erk``: when its mask is chosen and how S is spread, ``schedules.py``); a **cost point** is (arch, size,
 scheme), where the size is a budget's model and batch (``ci``, ``reference``). Points are plain values
 holding a pattern value (``patterns.Pattern``) or a ``Scheme``, with a stable ``key`` (their
 document's path under the study directory) and a ``describe()`` that their document repeats (in the
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..patterns import Pattern, parse_pattern
-from ..schemes import STORES, Scheme
+from ..schemes import STORES, Scheme, parse_scheme
 
 FAMILIES = ("random", "magnitude", "block:4x4", "block:16x16")  # patterns with a sparsity level
 LEVELS = (0.5, 0.75, 0.9, 0.95)
@@ -45,6 +46,18 @@ CONVERGE_LEVEL = 0.9
 DEFAULT_LEVELS = {"ci": LEVELS, "converge": (CONVERGE_LEVEL,), "smoke": SUBSET_LEVELS}
 # accuracy budget -> the representations costed by default (absent: every one in REPRESENTATIONS)
 DEFAULT_REPRESENTATIONS = {"converge": ("auto",)}
+# the methods compared by `--methods default`: FAMILY/SCHEDULE[/DISTRIBUTION], each trained at the sweep's
+# levels beside the static patterns (static random, magnitude and block 16x16 are the sweep's own)
+METHODS = ("random/erk", "magnitude/gmp", "magnitude/oneshot", "random/set", "random/set/erk", "random/rigl",
+           "random/rigl/erk", "block:16x16/rigl")
+
+
+def method_scheme(method: str, level: float) -> Scheme:
+    """``random/rigl/erk`` at level 0.9 -> the scheme ``random:0.9/rigl/erk`` (ValueError naming what is wrong)."""
+    family, sep, timing = method.partition("/")
+    if not sep or not timing:
+        raise ValueError(f"method {method!r}: write FAMILY/SCHEDULE[/DISTRIBUTION], e.g. random/rigl, magnitude/gmp")
+    return parse_scheme(f"{family}:{level}/{timing}")
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,16 @@ class Sweep:
     all_costs: bool = False  # every representation at every point and size, not the default subset
     accuracy: bool = True
     cost: bool = True
+    methods: tuple[str, ...] = ()  # FAMILY/SCHEDULE[/DISTRIBUTION]: accuracy points whose masks move
+
+    def __post_init__(self):
+        for method in self.methods:
+            for level in self.levels:
+                method_scheme(method, level)  # refuse a bad method before anything trains
+
+    def method_schemes(self) -> list[Scheme]:
+        """Each method at each level (without a representation)."""
+        return [method_scheme(m, s) for m in self.methods for s in self.levels]
 
     def patterns(self) -> list[Pattern]:
         """Dense, each family at each level, the fixed patterns."""
@@ -77,25 +100,32 @@ class AccuracyPoint:
     pattern: Pattern  # without a representation
     seed: int
     budget: str
+    timing: str = ""  # e.g. "/rigl/erk" (schemes.Scheme.timing); empty: the mask fixed at initialisation
     kind = "accuracy"
 
     def __post_init__(self):
         _require(self.pattern, Pattern, "an accuracy point's pattern")
+        if self.timing:
+            parse_scheme(f"{self.pattern}{self.timing}")  # ValueError where the pattern cannot take it
 
     @property
     def training_scheme(self) -> Scheme:
         """The scheme it trains with: ``auto``, the representation a user would pick for speed (per layer
         the fastest valid one within dense's memory; every representation computes the same function, so
         the accuracy is the pattern's and the wall-clock is what a user would see); dense stays dense."""
-        return Scheme(self.pattern, "auto") if self.pattern.sparse else Scheme(self.pattern)
+        if not self.pattern.sparse:
+            return Scheme(self.pattern)
+        return parse_scheme(f"{self.pattern}{self.timing}@auto")
 
     @property
     def key(self) -> str:
-        return f"accuracy/{self.budget}/{self.arch}/{self.pattern.slug}-seed{self.seed}"
+        timing = self.training_scheme.timing_slug
+        return f"accuracy/{self.budget}/{self.arch}/{self.pattern.slug}{'-' + timing if timing else ''}-seed{self.seed}"
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "arch": self.arch, "pattern": str(self.pattern), "seed": self.seed,
-                "budget": self.budget, "training_scheme": str(self.training_scheme)}
+        described = {"kind": self.kind, "arch": self.arch, "pattern": str(self.pattern), "seed": self.seed,
+                     "budget": self.budget, "training_scheme": str(self.training_scheme)}
+        return described | ({"timing": self.timing} if self.timing else {})
 
     def path(self, out_dir: str | os.PathLike) -> Path:
         return Path(out_dir) / f"{self.key}.json"
@@ -150,8 +180,11 @@ def in_default_subset(pattern: Pattern, rep: str, size: str) -> bool:
 def accuracy_points(sweep: Sweep) -> list[AccuracyPoint]:
     if not sweep.accuracy:
         return []
-    return [AccuracyPoint(arch, pattern, seed, sweep.budget)
-            for arch in sweep.archs for pattern in sweep.patterns() for seed in range(sweep.seeds)]
+    static = [AccuracyPoint(arch, pattern, seed, sweep.budget)
+              for arch in sweep.archs for pattern in sweep.patterns() for seed in range(sweep.seeds)]
+    moving = [AccuracyPoint(arch, scheme.pattern, seed, sweep.budget, scheme.timing)
+              for arch in sweep.archs for scheme in sweep.method_schemes() for seed in range(sweep.seeds)]
+    return static + moving
 
 
 def cost_points(sweep: Sweep) -> list[CostPoint]:

@@ -86,6 +86,50 @@ def time_to_accuracy_md(tta: dict, acc: dict) -> str:
     return tabulate(body, header, tablefmt="github")
 
 
+def methods_md(rows: list[dict]) -> str:
+    """The method comparison (``analysis.method_rows``): accuracy, time to accuracy, whole-run training time,
+    and the mask updates' cost."""
+    drops = analysis.TARGET_DROPS
+    header = ["arch", "model", "method", "seeds", "test accuracy", "vs dense (points)",
+              *[f"s to dense - {d:g} pt (x dense)" for d in drops], "training s (whole run)", "updates",
+              "update ms per step"]
+    body = []
+    for r in rows:
+        line = [r["arch"], r["model"], r["method"], r["n"], _pm(r["mean"], r["std"]),
+                _pm(*r["delta"], ".1f") if r["delta"] else "-"]
+        for d in drops:
+            t = (r["tta"] or {}).get(d)
+            if not t or t["reached"] == 0:
+                line.append("not reached" if t else "-")
+                continue
+            some = "" if t["reached"] == t["n"] else f", {t['reached']} of {t['n']}"
+            multiple = "" if t["multiple"] is None else f" ({_pm(*t['multiple'], '.2f')}x{some})"
+            line.append(_pm(*t["seconds"], ".0f") + multiple)
+        line += [_pm(*r["train_time_s"], ".0f"), r["updates"], _pm(*r["overhead_s_per_step"], ".1f", 1e3)]
+        body.append(line)
+    return tabulate(body, header, tablefmt="github")
+
+
+def best_method_sentence(rows: list[dict], arch: str) -> str | None:
+    """Which method reached dense's final accuracy minus 1 point (else 3) soonest on this machine; else
+    which ended most accurate. One sentence, or None without rows for ``arch``."""
+    mine = [r for r in rows if r["arch"] == arch]
+    if not mine:
+        return None
+    for drop in analysis.TARGET_DROPS:
+        reached = [r for r in mine if r["tta"] and r["tta"][drop]["reached"] == r["tta"][drop]["n"] > 0]
+        if reached:
+            best = min(reached, key=lambda r: r["tta"][drop]["seconds"][0])
+            return (f"{arch} ({best['model']}): on this machine `{best['method']}` reaches dense's final accuracy "
+                    f"minus {drop:g} point{'s' if drop != 1 else ''} soonest, after "
+                    f"{best['tta'][drop]['seconds'][0]:.0f} s of training (n={best['n']} seed"
+                    f"{'s' if best['n'] != 1 else ''}).")
+    best = max(mine, key=lambda r: r["mean"])
+    return (f"{arch} ({best['model']}): no method reaches dense's final accuracy minus "
+            f"{max(analysis.TARGET_DROPS):g} points; `{best['method']}` ends most accurate ({best['mean']:.3f}, "
+            f"n={best['n']}, {best['train_time_s'][0]:.0f} s of training).")
+
+
 def break_even_md(rows: list[dict]) -> str:
     table = analysis.break_even_table(rows)
     reps = sorted({k[3] for k in table})
@@ -190,6 +234,16 @@ def build_study_report(docs: dict, problems: list[str], out_dir: Path, command: 
                   "the curve's spacing (one evaluation every so many steps).", "", time_to_accuracy_md(tta, acc), ""]
         if "accuracy_vs_time.png" in plots:
             lines += ["![accuracy vs training time](accuracy_vs_time.png)", ""]
+    methods = analysis.method_rows(docs)
+    if methods:
+        lines += ["## When the mask is chosen", "",
+                  "Static patterns (mask fixed at initialisation) against the same pattern pruned gradually "
+                  "(`gmp`, `oneshot`) or moved during training (`set`, `rigl`), and `erk` layer-wise sparsity, all "
+                  f"trained with `@auto` on the {_budgets(docs)} budget. Training seconds are the whole run's, "
+                  "a gradual schedule's dense phase and every mask update included; update ms per step: the mask "
+                  "updates and RigL's dense gradients, over every training step.", "",
+                  *[f"- {s}" for s in (best_method_sentence(methods, a) for a in sorted({r['arch'] for r in methods}))
+                    if s], "", methods_md(methods), ""]
     if "pareto_time.png" in plots:
         lines += ["## Pareto fronts", "", "Each pattern at its fastest representation for that size; accuracy "
                   f"from the {_budgets(docs)} budget, on the model each panel's title names.", "",
