@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import platform
@@ -100,9 +101,15 @@ def kernels_of(model: nn.Module) -> dict[str, str]:
 
 
 def git_commit() -> str:
-    """The code version that made a result: $SPARSEBENCH_COMMIT, or git's HEAD (+ '-dirty')."""
+    """The code version that made a result: $SPARSEBENCH_COMMIT, or git's HEAD (+ '-dirty') as it was when
+    this process first asked: a long study keeps running the code it loaded while the tree moves on."""
     if os.environ.get("SPARSEBENCH_COMMIT"):
         return os.environ["SPARSEBENCH_COMMIT"]
+    return _loaded_commit()
+
+
+@functools.cache
+def _loaded_commit() -> str:
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,

@@ -178,3 +178,27 @@ def test_address_without_ray_executor_is_refused(tiny_data_dir, tmp_path, capsys
                  "--archs", "cnn", "--schemes", "dense", "--data-dir", str(tiny_data_dir)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--executor ray" in err, err
+
+
+def test_a_study_with_moving_masks_runs_through_ray(ray_instance, tiny_settings, tmp_path):
+    """The study's sweep (static and scheduled accuracy points, and cost points) through Ray: every document
+    written, each accuracy close to the serial run's (points train with `@auto`, which each process may resolve
+    to another representation by timing, so not bit for bit), and the report built from what Ray measured."""
+    from sparsebench.study.driver import run_study
+    from sparsebench.study.points import Sweep
+    from sparsebench.study.report import build_study_report
+
+    sweep = Sweep(archs=("transformer",), families=("random",), levels=(0.9,), fixed=(), representations=("auto",),
+                  budget="smoke", sizes=("smoke",), methods=("random/rigl",))
+    through_ray = run_study(sweep, tmp_path / "ray", tiny_settings, executor=ray_executor(progress=False))
+    serial = run_study(sweep, tmp_path / "serial", tiny_settings.but(progress=False))
+    assert set(through_ray) == set(serial) and len(serial) == 4  # dense, random, random/rigl; one cost point
+    assert all(doc["status"] == "ok" for doc in through_ray.values())
+    for key, doc in serial.items():
+        if doc["point"]["kind"] == "accuracy":
+            ray_result, result = through_ray[key]["value"]["result"], doc["value"]["result"]
+            assert ray_result["scheme"] == result["scheme"] and ray_result["steps"] == result["steps"], key
+            assert abs(ray_result["accuracy"] - result["accuracy"]) <= 0.05, key
+            assert (ray_result["mask_updates"] is None) == (result["mask_updates"] is None), key
+    text = build_study_report(through_ray, [], tmp_path / "ray", "test").read_text()
+    assert "## Time to accuracy" in text and "## When the mask is chosen" in text
