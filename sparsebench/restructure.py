@@ -91,13 +91,9 @@ def switch(module: nn.Module, representation: str, optimizer: torch.optim.Optimi
         new = REPRESENTATIONS[representation](old.to_dense(), old.mask(), concrete)
     if optimizer is not None:
         old_param, new_param = old.stored, new.stored
-        state = optimizer.state.pop(old_param, {})
-        moved = {}
-        for k, v in state.items():
-            if torch.is_tensor(v) and v.shape == old_param.shape and v.dim() > 0:
-                moved[k] = new.gather(old.densify(v)).contiguous()
-            else:
-                moved[k] = v
+        per_weight = _state_tensors(optimizer, old_param)
+        moved = {k: new.gather(old.densify(per_weight[k])).contiguous() if k in per_weight else v
+                 for k, v in optimizer.state.pop(old_param, {}).items()}
         if moved:
             optimizer.state[new_param] = moved
         for group in optimizer.param_groups:

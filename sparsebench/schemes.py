@@ -110,12 +110,15 @@ class Scheme:
         if why:
             raise ValueError(f"scheme '{self}': {why}")
 
+    def _timing_parts(self, schedule_text: str) -> list[str]:
+        """The schedule (as ``schedule_text``) and distribution, each only where it is not the default."""
+        return ([schedule_text] if self.schedule.dynamic else []) + \
+               ([self.distribution] if self.distribution != "uniform" else [])
+
     @property
     def timing(self) -> str:
         """The ``/SCHEDULE/DISTRIBUTION`` suffix (empty for the defaults)."""
-        parts = ([str(self.schedule)] if self.schedule.dynamic else []) + \
-                ([self.distribution] if self.distribution != "uniform" else [])
-        return "".join(f"/{p}" for p in parts)
+        return "".join(f"/{p}" for p in self._timing_parts(str(self.schedule)))
 
     def __str__(self) -> str:
         if self.representation == DEFAULT_REPRESENTATION:
@@ -134,12 +137,7 @@ class Scheme:
     @property
     def timing_slug(self) -> str:
         """The file-safe form of ``timing``: ``rigl-erk``, ``gmp`` (empty for the defaults)."""
-        return self.slug_of_timing(self.schedule, self.distribution)
-
-    @staticmethod
-    def slug_of_timing(schedule: Static, distribution: str) -> str:
-        return "-".join(([schedule.slug] if schedule.dynamic else []) + ([distribution] if distribution != "uniform"
-                                                                         else []))
+        return "-".join(self._timing_parts(self.schedule.slug))
 
     @property
     def static(self) -> Scheme:

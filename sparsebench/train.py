@@ -160,6 +160,7 @@ class CellRun:
             return self.evaluate(run.model, self.task.x_test[rows], self.task.y_test[rows])[0]
 
         updater = getattr(run.model, "mask_updater", None)
+        switches_shown = 0  # layer switches already announced
         bar = tqdm(total=None if budget.seconds else self.steps, desc=str(self.cell), unit="step",
                    disable=not self.settings.progress, leave=False, dynamic_ncols=True)
         curve.add(0, 0.0, slice_accuracy())
@@ -171,11 +172,11 @@ class CellRun:
             if augment is not None:
                 x = augment(x, augment_gen)
             losses.append(train_step(run.model, run.optimizer, x, y))
-            if updater is not None and updater.step(run.optimizer):
-                for change in updater.switches[len(updater.switches) - 1:]:
-                    if change["step"] == len(losses) and self.settings.progress:
-                        tqdm.write(f"{self.cell}: layer {change['layer']} stored as {change['to']} from step "
-                                   f"{change['step']} (sparsity {change['sparsity']:.3f})")
+            if updater is not None and updater.step(run.optimizer) and self.settings.progress:
+                for change in updater.switches[switches_shown:]:
+                    tqdm.write(f"{self.cell}: layer {change['layer']} stored as {change['to']} from step "
+                               f"{change['step']} (sparsity {change['sparsity']:.3f})")
+                switches_shown = len(updater.switches)
             curve.saw(losses[-1])
             if run.schedule is not None:
                 run.schedule.step()

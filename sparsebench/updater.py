@@ -48,8 +48,6 @@ from .restructure import restructure, switch, unit_mask
 from .schedules import RigL
 from .schemes import Scheme
 
-POLICIES = ("auto", "fastest")  # representations that are selection policies (sparsify.POLICIES)
-
 
 def dense_weight_grad(module: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
     """The gradient of the loss with respect to every position of the layer's weight, (out, in*kh*kw)."""
@@ -78,7 +76,7 @@ def with_largest(units: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Ten
     return out.reshape(units.shape)
 
 
-def _dense_layer(module: nn.Module, name: str) -> nn.Module:
+def _dense_layer(module: nn.Module) -> nn.Module:
     """A dense nn.Linear/nn.Conv2d holding the layer's current weight: what ``auto.choose`` measures from."""
     weight = module.sparse_weight
     dense = weight.to_dense().detach()
@@ -187,7 +185,7 @@ class MaskUpdater:
 
     def _maybe_switch(self, name: str, module: nn.Module, optimizer, level: float, step: int) -> None:
         """Move a densely stored layer to its sparse representation once it trains in no more memory there."""
-        from .representations.auto import candidates, choose, training_bytes
+        from .representations.auto import RULES, candidates, choose, training_bytes
 
         target = self.scheme.representation
         if name in self.settled or target == "masked" or module.sparse_weight.name != "masked":
@@ -195,7 +193,7 @@ class MaskUpdater:
         weight = module.sparse_weight
         at_level = replace(self.scheme.static, pattern=replace(self.scheme.pattern, sparsity=round(level, 6)))
         shape2d = tuple(as_matrix(weight.kept).shape)
-        names = [n for n in candidates(at_level, shape2d, name) if n != "masked"] if target in POLICIES else [target]
+        names = [n for n in candidates(at_level, shape2d, name) if n != "masked"] if target in RULES else [target]
         dense, mask = weight.to_dense(), weight.mask()
         fits = any(training_bytes(REPRESENTATIONS[n](dense, mask, at_level.with_representation(n)))
                    <= 16 * weight.dense_numel for n in names)
@@ -203,8 +201,8 @@ class MaskUpdater:
             return
         self.settled.add(name)
         chosen = target
-        if target in POLICIES:
-            chosen = choose(at_level, name, _dense_layer(module, name), mask, self.input_shapes.get(name))
+        if target in RULES:  # a selection policy (auto, fastest): it picks the representation
+            chosen = choose(at_level, name, _dense_layer(module), mask, self.input_shapes.get(name))
             if chosen == "masked":
                 return
         switch(module, chosen, optimizer)
