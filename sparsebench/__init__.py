@@ -21,6 +21,8 @@ _EXPORTS = {
     "Scheme": "schemes",
     "parse_scheme": "schemes",
     "sparsify": "sparsify",
+    "unsparsify": "unsparsify",
+    "summary": "summary",
     "MaskUpdater": "updater",
     "SCHEDULES": "schedules",
     "memory_ledger": "ledger",

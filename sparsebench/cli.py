@@ -209,7 +209,30 @@ COMMANDS = {"run": cmd_run, "grid": cmd_grid, "report": cmd_report, "check": cmd
             "study": cmd_study}
 
 
+# what ``pip install 'sparsebench[bench]'`` adds to the library: the command line needs them, sparsify does not
+HARNESS_MODULES = {"datasets", "pyarrow", "PIL", "tokenizers", "memray", "matplotlib", "tqdm", "pytest",
+                   "pytest_benchmark", "xdist"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    import importlib.util
+
+    missing = sorted(m for m in HARNESS_MODULES if importlib.util.find_spec(m) is None)
+    if missing:  # the library alone is installed: say what to install, in one line, before anything else
+        print(f"sparsebench: error: the command line needs the benchmark harness, which is not installed here "
+              f"(missing {', '.join(missing)}); pip install 'sparsebench[bench]'", file=sys.stderr)
+        return 1
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as err:  # a harness module that find_spec saw but that does not import
+        if (err.name or "").split(".")[0] not in HARNESS_MODULES:
+            raise
+        print(f"sparsebench: error: the command line needs the benchmark harness, which is not installed here "
+              f"(no module {err.name!r}); pip install 'sparsebench[bench]'", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     from .baselines import BaselineError
     from .data import DataNotFound
     from .executors import ExecutorUnavailable

@@ -1,7 +1,10 @@
 """Model surgery: which layers are pruned, and by which representation they are replaced.
 
-By default every nn.Linear and nn.Conv2d weight is pruned except the model's first layer and its
-final classifier (the usual choice in the pruning literature). A model may name its own dense
+By default every nn.Linear and nn.Conv2d weight (subclasses included, such as the ``out_proj`` of
+nn.MultiheadAttention) is pruned except the model's first layer and its final classifier (the usual
+choice in the pruning literature). A subclass with its own ``forward`` is left dense: replacing it would
+change what it computes. Every weight left dense is named with the reason in ``model.left_dense``
+(``summary.summary`` prints it beside the pruned layers). A model may name its own dense
 layers with a ``keep_dense`` attribute (e.g. the transformer's first layer is an embedding, so only
 its classifier stays dense); ``keep_dense=`` here overrides both (``dense_layers`` says which they are).
 ``check_scheme`` checks a scheme against every layer it would prune, before any is touched: sparsify runs it
@@ -37,8 +40,55 @@ from .updater import MaskUpdater
 POLICIES = {"auto": auto.choose, "fastest": auto.choose}  # auto.choose reads which rule from the scheme
 
 
+_KINDS = (nn.Linear, nn.Conv2d)
+
+
+def _own_forward(module: nn.Module) -> bool:
+    """A Linear/Conv2d subclass that computes something else than its base class."""
+    base = next(k for k in _KINDS if isinstance(module, k))
+    return type(module).forward is not base.forward
+
+
 def _weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
+    """The Linear and Conv2d layers (by kind: subclasses too) that a sparse layer can replace."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, _KINDS) and not _own_forward(m)]
+
+
+def left_dense_reasons(model: nn.Module, pruned: Iterable[str], keep_dense: Iterable[str] | None) -> dict[str, str]:
+    """Every weight of ``model`` that ``pruned`` leaves dense -> why (weights of at least two dimensions: layers'
+    matrices and kernels, not norms and biases)."""
+    pruned, explicit = set(pruned), keep_dense is not None
+    layers = [n for n, _ in _weight_layers(model)]
+    model_named = set(getattr(model, "keep_dense", None) or ())
+    reasons = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (SparseLinear, SparseConv2d)) or name in pruned:
+            continue
+        if isinstance(module, nn.MultiheadAttention):
+            for pname in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                if getattr(module, pname, None) is not None:
+                    reasons[f"{name}.{pname}" if name else pname] = (
+                        "nn.MultiheadAttention's own q/k/v projection parameter, not a layer: left dense")
+        if isinstance(module, _KINDS):
+            if _own_forward(module):
+                why = f"{type(module).__name__} has its own forward: replacing it would change what it computes"
+            elif explicit and name in set(keep_dense):
+                why = "named by keep_dense"
+            elif explicit:
+                why = "not prunable here"
+            elif name in model_named:
+                why = "named by the model's keep_dense"
+            elif layers and name == layers[0]:
+                why = "the first layer: dense by default"
+            elif layers and name == layers[-1]:
+                why = "the last layer (the classifier): dense by default"
+            else:
+                why = "not prunable here"
+            reasons[name] = why
+        elif isinstance(getattr(module, "weight", None), nn.Parameter) and module.weight.dim() >= 2:
+            reasons[name] = (f"{type(module).__name__}: only Linear and Conv2d layers are pruned"
+                             if not isinstance(module, nn.Embedding) else "nn.Embedding: a lookup, not a product")
+    return reasons
 
 
 def dense_layers(model: nn.Module, also: Iterable[str] = ()) -> set[str]:
@@ -89,9 +139,14 @@ def check_scheme(model: nn.Module, scheme: Scheme | str,
         shapes[name] = tuple(as_matrix(layer.weight).shape)
         _refused_by(name, scheme.pattern.check_shape, shapes[name], name)
     if scheme.representation not in POLICIES:  # a policy checks its candidates itself (masked serves every layer)
-        check_layer = REPRESENTATIONS[scheme.representation].check_layer
-        for name, _ in layers:
-            _refused_by(name, check_layer, scheme, shapes[name], name)
+        representation = REPRESENTATIONS[scheme.representation]
+        for name, layer in layers:
+            _refused_by(name, representation.check_layer, scheme, shapes[name], name)
+            why = representation.unsupported(layer.weight.dtype, layer.weight.device)
+            if why and not layer.weight.is_meta:
+                raise LayerRefused(f"layer {name!r} is {layer.weight.dtype} on {layer.weight.device.type}, where "
+                                   f"'{scheme.representation}' cannot run: {why}; choose another representation "
+                                   "('masked' runs anywhere)", name)
     return layers
 
 
@@ -155,6 +210,7 @@ def sparsify(model: nn.Module, scheme: Scheme | str, seed: int = 0, keep_dense: 
     """
     scheme = parse_scheme(scheme)
     if not scheme.pattern.sparse:
+        model.left_dense = {name: "the scheme is dense" for name in left_dense_reasons(model, (), keep_dense)}
         return model
     if scheme.schedule.dynamic and total_steps is None:
         raise ValueError(f"scheme '{scheme}': schedule '{scheme.schedule}' needs the run's length; pass "
@@ -164,6 +220,7 @@ def sparsify(model: nn.Module, scheme: Scheme | str, seed: int = 0, keep_dense: 
         raise ValueError(f"scheme '{scheme}': '{scheme.representation}' times each layer when it switches to sparse "
                          "storage; pass sparsify(..., example_inputs=a training batch)")
     layers = check_scheme(model, scheme, keep_dense)
+    left_dense = left_dense_reasons(model, [n for n, _ in layers], keep_dense)
     counts = layer_counts(scheme, layers)
     meta = [name for name, layer in layers if layer.weight.is_meta]
     if meta and policy is not None:
@@ -198,8 +255,10 @@ def sparsify(model: nn.Module, scheme: Scheme | str, seed: int = 0, keep_dense: 
         del mask
         new = SparseLinear(weight, layer.bias) if isinstance(layer, nn.Linear) else SparseConv2d(weight, layer.bias,
                                                                                                   layer)
+        new.layer = name
         setattr(parent, child, new)
         del layer, weight, new  # the dense layer (and its weight) goes with the last reference
+    model.left_dense = left_dense
     if scheme.schedule.dynamic:
         model.mask_updater = MaskUpdater(scheme, {name: model.get_submodule(name) for name in concrete},
                                          total_steps, seed=seed, input_shapes=shapes)

@@ -54,7 +54,8 @@ def dense_weight_grad(module: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> t
     if isinstance(module, SparseLinear):
         return dy.reshape(-1, dy.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
     shape = module.sparse_weight.shape
-    grad = torch.nn.grad.conv2d_weight(x, shape, dy, module.stride, module.padding, module.dilation)
+    grad = torch.nn.grad.conv2d_weight(module.padded(x), shape, dy, module.stride, module.kernel_padding,
+                                       module.dilation)
     return as_matrix(grad)
 
 
@@ -74,23 +75,6 @@ def with_largest(units: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Ten
     out = units.clone().reshape(-1)
     out[torch.topk(free, k, sorted=False).indices] = True
     return out.reshape(units.shape)
-
-
-def _dense_layer(module: nn.Module) -> nn.Module:
-    """A dense nn.Linear/nn.Conv2d holding the layer's current weight: what ``auto.choose`` measures from."""
-    weight = module.sparse_weight
-    dense = weight.to_dense().detach()
-    if isinstance(module, SparseLinear):
-        layer = nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None, device=dense.device)
-    else:
-        layer = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2:], stride=module.stride,
-                          padding=module.padding, dilation=module.dilation, bias=module.bias is not None,
-                          device=dense.device)
-    with torch.no_grad():
-        layer.weight.copy_(dense)
-        if module.bias is not None:
-            layer.bias.copy_(module.bias)
-    return layer
 
 
 class MaskUpdater:
@@ -202,7 +186,7 @@ class MaskUpdater:
         self.settled.add(name)
         chosen = target
         if target in RULES:  # a selection policy (auto, fastest): it picks the representation
-            chosen = choose(at_level, name, _dense_layer(module), mask, self.input_shapes.get(name))
+            chosen = choose(at_level, name, module.plain(), mask, self.input_shapes.get(name))
             if chosen == "masked":
                 return
         switch(module, chosen, optimizer)

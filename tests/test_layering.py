@@ -5,6 +5,7 @@ The graph is read from the source with ``ast``; nothing is imported.
 """
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sparsebench"
 # the package (data, models, budgets, training, results, gate, report, cli, ...) is the harness.
 CORE = {"sparsebench", "sparsebench.schemes", "sparsebench.patterns", "sparsebench.sparsify", "sparsebench.ledger",
         "sparsebench.schedules", "sparsebench.distributions", "sparsebench.restructure", "sparsebench.updater",
-        "sparsebench.machine", "sparsebench.atomic", "sparsebench.timing", "sparsebench.allocator"}
+        "sparsebench.machine", "sparsebench.atomic", "sparsebench.timing", "sparsebench.allocator",
+        "sparsebench.summary", "sparsebench.unsparsify", "sparsebench.checkpoint"}
+# what `pip install sparsebench` (the library, no extra) installs besides the standard library
+LIBRARY_DEPENDENCIES = {"torch", "numpy", "tabulate", "ninja"}
 CORE_PACKAGES = ("sparsebench.representations", "sparsebench.kernels")  # with every module under them
 
 
@@ -98,6 +102,27 @@ def test_core_imports_nothing_from_the_harness():
     import sparsebench  # its names are imported lazily, by module name: those modules are core too
 
     assert all(is_core(f"sparsebench.{m}") for m in sparsebench._EXPORTS.values())
+
+
+def third_party_imports(path: Path) -> set[str]:
+    """Top-level names of the absolute imports of ``path`` that are neither the standard library nor ours."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found - set(sys.stdlib_module_names) - {"sparsebench", "__future__"}
+
+
+def test_core_needs_only_the_library_dependencies():
+    """The core runs on a plain `pip install sparsebench`: none of the harness extra's packages."""
+    bad = {f"{module_name(p)} imports {m}" for p in sorted(PACKAGE.rglob("*.py")) if is_core(module_name(p))
+           for m in third_party_imports(p) - LIBRARY_DEPENDENCIES}
+    assert not bad, "the library core needs a package outside its dependencies:\n" + "\n".join(sorted(bad))
+    block = re.search(r"^dependencies = \[(.*?)^\]", (PACKAGE.parent / "pyproject.toml").read_text(), re.S | re.M)
+    declared = {re.split(r"[<>=!;\[ ]", d)[0] for d in re.findall(r'^\s*"([^"]+)"', block.group(1), re.M)}
+    assert LIBRARY_DEPENDENCIES <= declared, sorted(LIBRARY_DEPENDENCIES - declared)
 
 
 def test_the_checks_catch_what_they_look_for():

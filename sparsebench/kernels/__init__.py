@@ -75,6 +75,8 @@ def supported_variants() -> list[str]:
 def available() -> bool:
     """True when this process's variant is built (building it on the first call), loads and passes
     its smoke test. Raises KernelsUnavailable instead of returning False when kernels are required."""
+    if torch.compiler.is_compiling():  # traced by torch.compile: read what was loaded eagerly, touch nothing
+        return _loader.loaded_variant() is not None
     return _loader.state().variant is not None
 
 
@@ -93,9 +95,8 @@ def build(variant_name: str | None = None) -> Path:
 
 
 def _ops():
-    state = _loader.state()
-    if state.variant is None:
-        raise KernelsUnavailable(f"sparsebench kernels unavailable: {state.reason}")
+    if not available():
+        raise KernelsUnavailable(f"sparsebench kernels unavailable: {unavailable_reason()}")
     return torch.ops.sparse_linear
 
 

@@ -64,6 +64,11 @@ def _load(v: str) -> None:
     _state.variant = v
 
 
+def loaded_variant() -> str | None:
+    """The variant loaded so far (None before the first ``state()``): a plain read, for traced code."""
+    return _state.variant
+
+
 def state() -> _State:
     v = isa.variant()  # a forced variant this CPU cannot run is refused here, required or not
     with _lock:

@@ -41,6 +41,11 @@ class SparseWeight(nn.Module):
         """Refuse a layer this representation cannot serve here (shape, device, kernels): ValueError
         or RepresentationUnavailable naming the layer and the fix. Default: any."""
 
+    @classmethod
+    def unsupported(cls, dtype: torch.dtype, device: torch.device) -> str | None:
+        """Why this representation cannot compute in ``dtype`` on ``device`` (None: it can). Default: anywhere."""
+        return None
+
     # -- computing -----------------------------------------------------------------------
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ W^T`` for ``x`` of shape (n, in)."""
@@ -127,13 +132,43 @@ class SparseWeight(nn.Module):
         return f"shape={self.shape}, scheme='{self.scheme}'"
 
 
-class SparseLinear(nn.Module):
-    """Drop-in for nn.Linear whose weight is a SparseWeight."""
+class SparseLayer(nn.Module):
+    """What SparseLinear and SparseConv2d share: a SparseWeight, an optional bias, the layer's name in its
+    model (``layer``, set by ``sparsify``, for messages), a read-only dense ``weight`` for code that reads
+    one, and a check at ``.to()`` / ``.half()`` / ``.cuda()`` that the representation runs where it goes."""
 
     def __init__(self, weight: SparseWeight, bias: torch.Tensor | None):
         super().__init__()
         self.sparse_weight = weight
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+        self.layer = "?"
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight, rebuilt from the stored values at each access: zeros at pruned positions, and
+        gradients reach the kept values. For code that reads ``.weight`` itself (nn.MultiheadAttention's
+        ``out_proj``, nn.TransformerEncoderLayer's fused inference path), which then computes densely.
+        Writing into it changes nothing; this layer's own forward uses the representation's kernels."""
+        return self.sparse_weight.densify(self.sparse_weight.stored)
+
+    def _apply(self, fn, recurse=True):
+        stored = self.sparse_weight.stored
+        # where ``fn`` would move the stored values: applied to an empty tensor like them, before anything moves
+        target = fn(torch.empty(0, dtype=stored.dtype, device=stored.device))
+        why = self.sparse_weight.unsupported(target.dtype, target.device)
+        if why:
+            raise RepresentationUnavailable(
+                f"layer {self.layer!r} is stored '{self.sparse_weight.name}', which cannot run in {target.dtype} on "
+                f"{target.device.type}: {why}. Sparsify it with a representation that runs there ('masked' runs "
+                "anywhere), or turn the model back into dense layers first (sparsebench.unsparsify)")
+        return super()._apply(fn, recurse)
+
+
+class SparseLinear(SparseLayer):
+    """Drop-in for nn.Linear whose weight is a SparseWeight."""
+
+    def __init__(self, weight: SparseWeight, bias: torch.Tensor | None):
+        super().__init__(weight, bias)
         self.out_features, self.in_features = weight.shape
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,15 +176,50 @@ class SparseLinear(nn.Module):
         y = self.sparse_weight.linear_bias(x.reshape(-1, self.in_features), self.bias)
         return y.reshape(*lead, self.out_features)
 
+    def plain(self) -> nn.Linear:
+        """An nn.Linear computing the same function (pruned weights zero)."""
+        layer = nn.utils.skip_init(nn.Linear, self.in_features, self.out_features, bias=self.bias is not None,
+                                   device=self.sparse_weight.stored.device, dtype=self.sparse_weight.stored.dtype)
+        return _filled(layer, self)
 
-class SparseConv2d(nn.Module):
-    """Drop-in for nn.Conv2d (groups=1) whose weight is a SparseWeight."""
+
+class SparseConv2d(SparseLayer):
+    """Drop-in for nn.Conv2d (groups=1) whose weight is a SparseWeight. Any padding mode and padding
+    (numbers, 'same', 'valid') is kept; the kernels see zero padding (ph, pw), or an input padded first
+    (``F.pad``) where the conv's padding is not that."""
 
     def __init__(self, weight: SparseWeight, bias: torch.Tensor | None, conv: nn.Conv2d):
-        super().__init__()
-        self.sparse_weight = weight
-        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
-        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        super().__init__(weight, bias)
+        self.stride, self.dilation = conv.stride, conv.dilation
+        self.padding, self.padding_mode = conv.padding, conv.padding_mode  # as the conv had them
+        if conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
+            self.input_padding, self.kernel_padding = None, tuple(conv.padding)
+        else:
+            self.input_padding, self.kernel_padding = tuple(conv._reversed_padding_repeated_twice), (0, 0)
+
+    def padded(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as the kernels take it (padded first where the conv's padding is not plain zeros)."""
+        if self.input_padding is None:
+            return x
+        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+        return nn.functional.pad(x, self.input_padding, mode=mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.sparse_weight.conv2d_bias(x, self.bias, self.stride, self.padding, self.dilation)
+        return self.sparse_weight.conv2d_bias(self.padded(x), self.bias, self.stride, self.kernel_padding,
+                                              self.dilation)
+
+    def plain(self) -> nn.Conv2d:
+        """An nn.Conv2d computing the same function (pruned weights zero)."""
+        out_ch, in_ch, kh, kw = self.sparse_weight.shape
+        layer = nn.utils.skip_init(nn.Conv2d, in_ch, out_ch, (kh, kw), stride=self.stride, padding=self.padding,
+                                   dilation=self.dilation, bias=self.bias is not None, padding_mode=self.padding_mode,
+                                   device=self.sparse_weight.stored.device, dtype=self.sparse_weight.stored.dtype)
+        return _filled(layer, self)
+
+
+def _filled(layer: nn.Module, sparse: SparseLayer) -> nn.Module:
+    with torch.no_grad():
+        layer.weight.copy_(sparse.sparse_weight.to_dense())
+        if sparse.bias is not None:
+            layer.bias.copy_(sparse.bias)
+    return layer

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..patterns import as_matrix
 from .base import SparseWeight
+from .compressed import bsr_tensor, csr_tensor
 from .csr import csr_structure, load_transposed, register_structure, transposed_structure
 
 
@@ -68,6 +69,12 @@ class _BsrMatmul(torch.autograd.Function):
 class BsrWeight(SparseWeight):
     name = "bsr"
 
+    @classmethod
+    def unsupported(cls, dtype, device):
+        if device.type == "cpu" and dtype not in (torch.float32, torch.float64):
+            return "torch's sparse kernels on the CPU run float32 and float64 only"
+        return None
+
     def __init__(self, weight, mask, scheme):
         super().__init__(weight, scheme)
         self.block = tuple(scheme.pattern.block)
@@ -86,7 +93,7 @@ class BsrWeight(SparseWeight):
 
     def product(self, x, values):
         """``x @ W^T`` with torch's BSR kernels (no autograd)."""
-        w = torch.sparse_bsr_tensor(self.crow, self.col, values, self.shape2d)
+        w = bsr_tensor(self.crow, self.col, values, self.shape2d)
         return (w @ x.t().contiguous()).t()
 
     def product_grads(self, dy, x, values, need_x, need_w):
@@ -96,13 +103,13 @@ class BsrWeight(SparseWeight):
         dx = dvalues = None
         if need_x:
             wt_values = values[self.perm].transpose(1, 2).contiguous()
-            wt = torch.sparse_bsr_tensor(self.t_crow, self.t_col, wt_values, self.shape2d[::-1])
+            wt = bsr_tensor(self.t_crow, self.t_col, wt_values, self.shape2d[::-1])
             dx = (wt @ dy.t().contiguous()).t()
         if need_w:
             elem_crow, elem_col, block_from_elem = expand_blocks(self.crow, self.col, self.block, self.shape2d)
             # zeros, not empty: sampled_addmm multiplies the pattern values by beta=0, and 0 * NaN = NaN
             zeros = dy.new_zeros(elem_col.numel())
-            pattern = torch.sparse_csr_tensor(elem_crow, elem_col, zeros, self.shape2d)
+            pattern = csr_tensor(elem_crow, elem_col, zeros, self.shape2d)
             elem_grads = torch.sparse.sampled_addmm(pattern, dy.t(), x, beta=0.0).values()
             dvalues = torch.empty_like(elem_grads).index_put_((block_from_elem,), elem_grads).view_as(values)
         return dx, dvalues
@@ -119,7 +126,7 @@ class BsrWeight(SparseWeight):
         return self.values
 
     def densify(self, stored_like):
-        dense = torch.sparse_bsr_tensor(self.crow, self.col, stored_like, self.shape2d)
+        dense = bsr_tensor(self.crow, self.col, stored_like, self.shape2d)
         return dense.to_dense().reshape(self.shape)
 
     @property

@@ -31,6 +31,12 @@ class BsrCppWeight(BsrWeight):
             raise RepresentationUnavailable(f"layer {layer!r}: bsr_cpp kernels unavailable here: "
                                             f"{kernels.unavailable_reason()}; use '{fallback}'")
 
+    @classmethod
+    def unsupported(cls, dtype, device):
+        if device.type != "cpu" or dtype != torch.float32:
+            return "its kernels run float32 on the CPU only"
+        return None
+
     def __init__(self, weight, mask, scheme):
         super().__init__(weight, mask, scheme)
         for name in ("crow", "col", "t_crow", "t_col", "perm"):  # the kernels take int64 block indices

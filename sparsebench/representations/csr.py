@@ -28,6 +28,7 @@ from torch import nn
 from .. import kernels
 from ..patterns import as_matrix
 from .base import SparseWeight
+from .compressed import csr_tensor
 
 CHUNK = 1 << 18  # mask elements read at a time while building: torch's nonzero makes 16 bytes per hit
 
@@ -100,7 +101,7 @@ class _CsrTorchMatmul(torch.autograd.Function):
     def forward(ctx, x, values, crow, col, shape2d):
         ctx.save_for_backward(x, values, crow, col)
         ctx.shape2d = shape2d
-        w = torch.sparse_csr_tensor(crow, col, values, shape2d)
+        w = csr_tensor(crow, col, values, shape2d)
         return torch.sparse.mm(w, x.t().contiguous()).t()
 
     @staticmethod
@@ -109,9 +110,9 @@ class _CsrTorchMatmul(torch.autograd.Function):
         dy = dy.contiguous()
         dx = dvalues = None
         if ctx.needs_input_grad[0]:
-            dx = torch.mm(dy, torch.sparse_csr_tensor(crow, col, values.detach(), ctx.shape2d))
+            dx = torch.mm(dy, csr_tensor(crow, col, values.detach(), ctx.shape2d))
         if ctx.needs_input_grad[1]:
-            pattern = torch.sparse_csr_tensor(crow, col, values.detach(), ctx.shape2d)
+            pattern = csr_tensor(crow, col, values.detach(), ctx.shape2d)
             dvalues = torch.sparse.sampled_addmm(pattern, dy.t(), x, beta=0.0).values()
         return dx, dvalues, None, None, None
 
@@ -119,8 +120,15 @@ class _CsrTorchMatmul(torch.autograd.Function):
 class CsrWeight(SparseWeight):
     name = "csr"
 
+    @classmethod
+    def unsupported(cls, dtype, device):
+        if device.type == "cpu" and dtype not in (torch.float32, torch.float64):
+            return "torch's sparse kernels on the CPU run float32 and float64 only"
+        return None
+
     def __init__(self, weight, mask, scheme):
         super().__init__(weight, scheme)
+        self._use_kernels(weight)  # builds or loads them now, not first inside a forward torch.compile traces
         mask2d = as_matrix(mask).bool().to(weight.device)
         self.shape2d = tuple(mask2d.shape)
         crow, col = csr_structure(mask2d, narrow=True)
@@ -177,7 +185,7 @@ class CsrWeight(SparseWeight):
         return self.values
 
     def densify(self, stored_like):
-        dense = torch.sparse_csr_tensor(self.crow, self.col.to(self.crow.dtype), stored_like, self.shape2d)
+        dense = csr_tensor(self.crow, self.col.to(self.crow.dtype), stored_like, self.shape2d)
         return dense.to_dense().reshape(self.shape)
 
     def gather(self, dense_like):

@@ -215,10 +215,11 @@ def build_study_report(docs: dict, problems: list[str], out_dir: Path, command: 
         lines += ["## In a sentence", ""]
         for size in sizes:
             lines += [f"- {s}" for s in analysis.sentences(rows, acc, size, tta=tta)]
+        levels = sorted({r["level"] for r in rows if r.get("level") is not None}) or [0.0]
         lines += ["", "## Break-even sparsity (training step time)", "",
                   "The lowest sparsity from which the representation trains at least as fast as dense "
-                  "(interpolated between measured levels; `<= 0.50`: already at the lowest level measured; "
-                  "`> 0.95`: not even at the highest).", "", break_even_md(rows), ""]
+                  f"(interpolated between measured levels; `<= {levels[0]:.2f}`: already at the lowest level "
+                  f"measured; `> {levels[-1]:.2f}`: not even at the highest).", "", break_even_md(rows), ""]
     if "speedup_vs_sparsity.png" in plots:
         lines += ["![speed-up vs sparsity](speedup_vs_sparsity.png)", ""]
     if acc:
