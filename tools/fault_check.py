@@ -183,6 +183,16 @@ FAULTS = [
           "import torch\ntorch.sparse.check_sparse_tensor_invariants.disable()\n"
           "from .base import RepresentationUnavailable",
           ("tests/test_library.py", "-k", "global")),
+    Fault("a checkpoint drops the Adam moments of pruned weights",
+          "sparsebench/checkpoint.py",
+          "v = sw.densify(v.detach())[mask]  # at the kept positions, like the values",
+          "v = torch.zeros(int(mask.sum()), dtype=v.dtype)",
+          ("tests/test_checkpoint.py", "-k", "every_representation")),
+    Fault("the kernels' load state is traced by torch.compile (a graph break)",
+          "sparsebench/kernels/__init__.py",
+          "        return _loader.loaded_variant() is not None\n",
+          "        return _loader.state().variant is not None\n",
+          ("tests/test_compile.py",)),
 ]
 
 
