@@ -71,8 +71,8 @@ def test_the_library_installs_lean_and_the_command_line_names_the_bench_extra(in
     missing = run(python, "-c", "import importlib.util as u; print([m for m in ('datasets', 'memray', 'matplotlib', "
                   "'pytest', 'pytest_benchmark') if u.find_spec(m)])", cwd=tmp_path)
     assert missing.stdout.strip() == "[]", f"the library pulled in harness packages: {missing.stdout}"
-    cli = run(python.parent / "sparsebench", "run", "--arch", "cnn", "--scheme", "dense", "--out", tmp_path / "cell.json",
-              cwd=tmp_path, check=False)
+    cli = run(python.parent / "sparsebench", "run", "--arch", "cnn", "--scheme", "dense",
+              "--out", tmp_path / "cell.json", cwd=tmp_path, check=False)
     assert cli.returncode == 1
     lines = cli.stderr.strip().splitlines()
     assert len(lines) == 1 and "sparsebench[bench]" in lines[0], cli.stderr[-2000:]
