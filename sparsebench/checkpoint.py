@@ -22,12 +22,11 @@ from torch import nn
 
 from .atomic import write_atomic
 from .patterns import as_matrix, expand_units, unit_scores
-from .representations import SparseConv2d, SparseLinear
+from .representations.base import SparseLayer
 from .restructure import restructure
 
 FORMAT = "sparsebench-checkpoint"
 VERSION = 1
-_SPARSE = (SparseLinear, SparseConv2d)
 
 
 class CheckpointError(ValueError):
@@ -43,12 +42,17 @@ def _unpack(bits: torch.Tensor, shape) -> torch.Tensor:
     return torch.from_numpy(np.unpackbits(bits.numpy(), count=n).astype(bool)).reshape(shape)
 
 
+def _key(layer: str) -> str:
+    """A layer's weight as the layout names it: the dense model's parameter name."""
+    return f"{layer}.weight" if layer else "weight"
+
+
 def _param_names(model: nn.Module) -> dict[int, str]:
     """id(parameter) -> its name in the layout: a pruned layer's stored weight is ``<layer>.weight``."""
     names = {id(p): n for n, p in model.named_parameters()}
     for layer, module in model.named_modules():
-        if isinstance(module, _SPARSE):
-            names[id(module.sparse_weight.stored)] = f"{layer}.weight" if layer else "weight"
+        if isinstance(module, SparseLayer):
+            names[id(module.sparse_weight.stored)] = _key(layer)
     return names
 
 
@@ -56,15 +60,15 @@ def state_dict(model: nn.Module, optimizer: torch.optim.Optimizer | None = None)
     """The model (and the optimizer's state) in the portable layout."""
     sparse, masks = {}, {}
     for layer, module in model.named_modules():
-        if isinstance(module, _SPARSE):
+        if isinstance(module, SparseLayer):
             sw = module.sparse_weight
             mask = sw.mask()
-            key = f"{layer}.weight" if layer else "weight"
+            key = _key(layer)
             sparse[key] = {"shape": list(sw.shape), "mask": _pack(mask), "values": sw.to_dense()[mask].clone(),
                            "scheme": str(sw.scheme)}
             masks[id(sw.stored)] = (sw, mask)
     skip = tuple(f"{n}.sparse_weight." if n else "sparse_weight." for n, m in model.named_modules()
-                 if isinstance(m, _SPARSE))
+                 if isinstance(m, SparseLayer))
     tensors = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith(skip)}
     out = {"format": FORMAT, "version": VERSION, "tensors": tensors, "sparse": sparse, "optimizer": None}
     if optimizer is not None:
@@ -117,8 +121,8 @@ def _check(checkpoint) -> None:
 
 def _target_layers(model: nn.Module) -> dict[str, nn.Module]:
     """``<layer>.weight`` -> the module holding it, for every Linear/Conv2d and sparse layer."""
-    return {(f"{n}.weight" if n else "weight"): m for n, m in model.named_modules()
-            if isinstance(m, (*_SPARSE, nn.Linear, nn.Conv2d))}
+    return {_key(n): m for n, m in model.named_modules()
+            if isinstance(m, (SparseLayer, nn.Linear, nn.Conv2d))}
 
 
 def load_state_dict(model: nn.Module, checkpoint: dict, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -131,18 +135,18 @@ def load_state_dict(model: nn.Module, checkpoint: dict, optimizer: torch.optim.O
         target = layers.get(key)
         if target is None:
             raise CheckpointError(f"{key}: the checkpoint's pruned weight has no Linear/Conv2d layer in this model")
-        shape = tuple(target.sparse_weight.shape if isinstance(target, _SPARSE) else target.weight.shape)
+        shape = tuple(target.sparse_weight.shape if isinstance(target, SparseLayer) else target.weight.shape)
         if shape != tuple(entry["shape"]):
             raise CheckpointError(f"{key}: shape {tuple(entry['shape'])} in the checkpoint, {shape} in the model")
         masks[key] = _unpack(entry["mask"], entry["shape"])
-        if isinstance(target, _SPARSE):
+        if isinstance(target, SparseLayer):
             units[key] = _units(target.sparse_weight, key, masks[key])
     for key, module in layers.items():
-        if isinstance(module, _SPARSE) and key not in checkpoint["sparse"]:
+        if isinstance(module, SparseLayer) and key not in checkpoint["sparse"]:
             raise CheckpointError(f"{key} is pruned in this model but dense in the checkpoint: load it into the dense "
                                   "model, then sparsify that")
     own = {k: v for k, v in model.state_dict().items() if ".sparse_weight." not in f".{k}"}
-    dense_weights = {k for k, m in layers.items() if not isinstance(m, _SPARSE)}
+    dense_weights = {k for k, m in layers.items() if not isinstance(m, SparseLayer)}
     expected = set(own) - (dense_weights & set(checkpoint["sparse"]))
     missing, unexpected = expected - set(checkpoint["tensors"]), set(checkpoint["tensors"]) - expected
     if missing or unexpected:
@@ -151,7 +155,7 @@ def load_state_dict(model: nn.Module, checkpoint: dict, optimizer: torch.optim.O
     with torch.no_grad():
         for key, entry in checkpoint["sparse"].items():
             module, mask = layers[key], masks[key]
-            if isinstance(module, _SPARSE):
+            if isinstance(module, SparseLayer):
                 sw = module.sparse_weight
                 if not torch.equal(sw.mask(), mask.to(sw.mask().device)):
                     restructure(sw, units[key])  # the checkpoint's structure (values follow just below)
@@ -190,8 +194,8 @@ def _load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, checkpoi
         raise CheckpointError(f"the checkpoint's optimizer has {len(saved['param_groups'])} parameter groups, "
                               f"this one {len(optimizer.param_groups)}")
     names = _param_names(model)
-    sparse = {(f"{n}.weight" if n else "weight"): m.sparse_weight for n, m in model.named_modules()
-              if isinstance(m, _SPARSE)}
+    sparse = {_key(n): m.sparse_weight for n, m in model.named_modules()
+              if isinstance(m, SparseLayer)}
     layers = _target_layers(model)
     for group, saved_group in zip(optimizer.param_groups, saved["param_groups"], strict=True):
         group.update({k: v for k, v in saved_group.items() if k != "params"})

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from tabulate import tabulate
 from torch import nn
 
-from .representations import SparseConv2d, SparseLinear
+from .representations.base import SparseLayer
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def summary(model: nn.Module) -> Summary:
     """The model's pruned layers and the weights left dense (``print(summary(model))`` shows both)."""
     rows = []
     for name, module in model.named_modules():
-        if isinstance(module, (SparseLinear, SparseConv2d)):
+        if isinstance(module, SparseLayer):
             sw = module.sparse_weight
             kept = int(sw.mask().sum())
             stored = _nbytes([sw.stored, *sw.structure_buffers()])

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from .representations import SparseConv2d, SparseLinear
+from .representations.base import SparseLayer
 
 
 def unsparsify(model: nn.Module) -> nn.Module:
     """Replace every SparseLinear / SparseConv2d of ``model`` in place by the nn.Linear / nn.Conv2d it stands
     for (same device and dtype, weights zero where pruned); returns the model. A model that is itself one
     sparse layer is returned as its plain layer (there is no parent to replace it in)."""
-    if isinstance(model, (SparseLinear, SparseConv2d)):
+    if isinstance(model, SparseLayer):
         return model.plain()
     for name, module in list(model.named_modules()):
-        if isinstance(module, (SparseLinear, SparseConv2d)):
+        if isinstance(module, SparseLayer):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, module.plain())
