@@ -19,11 +19,14 @@ from torch import nn
 from sparsebench import RepresentationUnavailable, parse_scheme, sparsify
 from sparsebench.patterns import expand_units
 from sparsebench.representations import SparseConv2d, SparseLinear
+from sparsebench.representations.sparseprop import sparseprop_unavailable_reason
 from sparsebench.restructure import restructure, switch, unit_mask
 from sparsebench.updater import dense_weight_grad
 
 # every representation that stores sparsely, and the patterns each can move
 MOVABLE = {"masked": ["random", "block"], "csr": ["random", "block"], "bsr": ["block"], "bsr_cpp": ["block"]}
+if sparseprop_unavailable_reason() is None:  # the published peer, where installed (one draw must not skip them all)
+    MOVABLE["sparseprop"] = ["random", "block"]
 CASES = [(rep, pattern) for rep, patterns in MOVABLE.items() for pattern in patterns]
 
 

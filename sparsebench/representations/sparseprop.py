@@ -9,7 +9,8 @@ Optional, like ``semi``: where the package is not installed (or its extension do
 kernels take square kernels, one stride (1 or 2) and one zero padding for both dimensions, no
 dilation; other convs are refused with the fix. They vectorise over the batch (SparseProp's
 other choice, over the output width, it selects by measuring a given input shape, which a
-representation does not have).
+representation does not have), and compute wrong results for a batch that is not a multiple of 8
+(found by the property tests), so such a batch is zero-padded to one first.
 
 The format is built from the mask, not from the nonzero weights (SparseProp's own converter keeps
 only nonzeros, which would drop a kept weight that is zero, as every weight RigL grows is).
@@ -18,6 +19,7 @@ only nonzeros, which would drop a kept weight that is zero, as every weight RigL
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..patterns import as_matrix
@@ -44,7 +46,7 @@ def _conv_format(kept4d: torch.Tensor):
     w_oc[1:] = per_in.sum(1).cumsum(0)
     w_ic = torch.zeros(out_ch, in_ch + 1, dtype=torch.int64)
     w_ic[:, 1:] = per_in.cumsum(1)
-    if int(w_ic[:, -1].max(initial=0)) > 32767:
+    if out_ch and int(w_ic[:, -1].max()) > 32767:
         raise ValueError("SparseProp's int16 index cannot hold more than 32767 kept weights per output channel")
     where = kept4d.nonzero()
     return (w_oc.int(), w_ic.reshape(-1).short(), where[:, 2].to(torch.uint8).contiguous(),
@@ -102,8 +104,12 @@ class SparsePropWeight(SparseWeight):
             raise RepresentationUnavailable(
                 f"sparseprop convolves with one stride of 1 or 2 and one padding for both dimensions, no dilation; "
                 f"got stride {tuple(stride)}, padding {tuple(padding)}, dilation {tuple(dilation)}; use '@csr'")
-        return SparseConvFunction.apply(x.contiguous(), self.values, self._conv_idx, None, self.shape[0],
-                                        self.shape[2], ph, sh, False, False)
+        n = x.shape[0]
+        pad = -n % 8  # its batch-vectorised kernels miscompute a batch that is not a multiple of 8
+        xp = F.pad(x, (0, 0, 0, 0, 0, 0, 0, pad)) if pad else x
+        y = SparseConvFunction.apply(xp.contiguous(), self.values, self._conv_idx, None, self.shape[0],
+                                     self.shape[2], ph, sh, False, False)
+        return y[:n] if pad else y
 
     @property
     def stored(self):

@@ -295,7 +295,7 @@ Entries check_weight(const torch::Tensor& values, const torch::Tensor& row_ptr_i
   TORCH_CHECK_VALUE(values.device().is_cpu() && values.scalar_type() == torch::kFloat,
                     "values must be float32 on the CPU, got ", values.scalar_type(), " on ", values.device());
   const int64_t nnz = col.size(0);
-  if (R == 1 && Cb == 1) {
+  if (values.dim() == 1 && R == 1 && Cb == 1) {  // CSR; BSR with 1x1 blocks keeps its (nnzb, 1, 1)
     TORCH_CHECK_VALUE(values.dim() == 1 && values.size(0) == nnz, "values must have shape (", nnz,
                       ",) (one per col entry), got ", values.sizes());
   } else {
