@@ -9,7 +9,8 @@ the layer has at most 32767 rows, else int32). The CSR ops accept int16 or int32
 either way; ``representations.csr`` picks the narrower. The training products (forward, input
 gradient, weight gradient at kept positions only) are ``torch.ops.sparse_linear.*`` custom
 operators: schemas and checks in C++ (``csrc/``), fake and autograd registrations in :mod:`.ops`.
-Layout of this package:
+A conv weight in either storage, seen as its (out, in*kh*kw) matrix, convolves directly on the kept
+weights with :func:`sparse_conv2d` (``csrc/conv.cpp``). Layout of this package:
 
 * :mod:`.isa`         the variants (avx512, avx2, generic): compiler flags, which this CPU runs, forcing one
 * :mod:`.errors`      KernelsUnavailable, and when "unavailable" is an error (SPARSEBENCH_REQUIRE_KERNELS)

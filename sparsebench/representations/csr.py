@@ -17,6 +17,8 @@ Two kernels compute with it, the same storage either way:
 - torch's sparse CSR kernels (torch.sparse.mm, torch.sparse.sampled_addmm) elsewhere: on CUDA, or
   where the C++ kernels cannot build (unless ``SPARSEBENCH_REQUIRE_KERNELS=1``: then that is an
   error naming the cause). On the CPU they run on one thread, which is why the C++ path exists.
+A conv layer's weight is the (out, in*kh*kw) matrix in the same storage; the C++ kernels convolve
+on it directly (``kernels.sparse_conv2d``, where ``conv.direct_applies``), torch's through im2col rows.
 ``kernel`` on each layer says which one ran; the run's JSON records it.
 """
 
