@@ -30,8 +30,8 @@ def tests(session):
                          "print(' '.join(x for x in kernels.supported_variants() if x != v))", silent=True)
     for variant in (others or "").split():
         session.log(f"kernel variant {variant} (SPARSEBENCH_CPU_ISA={variant})")
-        session.run("pytest", "tests/test_kernels.py", "tests/test_representations.py", "tests/test_mask_updates.py",
-                    "-q", "-k", "test_kernels or csr or bsr_cpp or masked_reference",
+        session.run("pytest", "tests/test_kernels.py", "tests/test_kernels_conv.py", "tests/test_representations.py",
+                    "tests/test_mask_updates.py", "-q", "-k", "test_kernels or csr or bsr_cpp or masked_reference",
                     env={"SPARSEBENCH_CPU_ISA": variant})
 
 

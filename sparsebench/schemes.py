@@ -71,6 +71,7 @@ STORES: dict[str, Stores] = {
     "bsr": Stores(frozenset({"block"}), rule=_square_blocks),
     "bsr_cpp": Stores(frozenset({"block"})),  # its own kernels: any block shape
     "semi": Stores(frozenset({"nm"}), rule=_two_of_four),
+    "sparseprop": Stores(),  # the published peer's kernels (element-wise CSR-like): any pattern
     "auto": Stores(),
     "fastest": Stores(),
 }

@@ -324,8 +324,11 @@ def test_opcheck(name):
 
 
 def test_every_op_is_opchecked():
+    from test_kernels_conv import conv_op_cases
+
     schemas = {s.name for s in torch._C._jit_get_all_schemas() if s.name.startswith("sparse_linear::")}
-    checked = {"sparse_linear::" + case[0].split("-")[0] for case in _op_cases()} | {"sparse_linear::isa"}
+    cases = [*_op_cases(), *conv_op_cases()]
+    checked = {"sparse_linear::" + case[0].split("-")[0] for case in cases} | {"sparse_linear::isa"}
     assert schemas == checked
 
 

@@ -19,11 +19,14 @@ from torch import nn
 from sparsebench import RepresentationUnavailable, parse_scheme, sparsify
 from sparsebench.patterns import expand_units
 from sparsebench.representations import SparseConv2d, SparseLinear
+from sparsebench.representations.sparseprop import sparseprop_unavailable_reason
 from sparsebench.restructure import restructure, switch, unit_mask
 from sparsebench.updater import dense_weight_grad
 
 # every representation that stores sparsely, and the patterns each can move
 MOVABLE = {"masked": ["random", "block"], "csr": ["random", "block"], "bsr": ["block"], "bsr_cpp": ["block"]}
+if sparseprop_unavailable_reason() is None:  # the published peer, where installed (one draw must not skip them all)
+    MOVABLE["sparseprop"] = ["random", "block"]
 CASES = [(rep, pattern) for rep, patterns in MOVABLE.items() for pattern in patterns]
 
 
@@ -74,7 +77,7 @@ def layer_case(draw):
     if conv:  # (out, in, 3, 3): the matrix is (out, 9 * in); blocks must tile it (and bsr needs square ones)
         in_ch = b * draw(st.integers(1, 3))
         layer = nn.Conv2d(in_ch, rows, 3, padding=1)
-        x_shape = (2, in_ch, 5, 5)
+        x_shape = (draw(st.sampled_from([2, 9])), in_ch, 5, 5)  # through im2col rows, or direct (batch >= 8)
         cols = 9 * in_ch
     else:
         cols = b * draw(st.integers(1, 6))

@@ -179,7 +179,7 @@ def test_points_hold_typed_values_and_describe_themselves_in_canonical_strings()
 def test_points_and_the_default_cost_subset():
     assert representations_for(P("random:0.5"), REPRESENTATIONS) == ["masked", "csr", "auto"]
     assert representations_for(P("block:4x4:0.5"), ("bsr", "semi")) == ["bsr"]
-    assert representations_for(P("nm:2:4"), STORES) == ["masked", "csr", "semi", "auto", "fastest"]
+    assert representations_for(P("nm:2:4"), STORES) == ["masked", "csr", "semi", "sparseprop", "auto", "fastest"]
     assert in_default_subset(P("random:0.75"), "auto", "reference")
     assert not in_default_subset(P("random:0.75"), "csr", "reference")  # csr only at 0.5 and 0.9
     assert in_default_subset(P("random:0.9"), "csr", "reference")

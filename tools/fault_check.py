@@ -193,6 +193,27 @@ FAULTS = [
           "        return _loader.loaded_variant() is not None\n",
           "        return _loader.state().variant is not None\n",
           ("tests/test_compile.py",)),
+    Fault("the direct conv tile drops each entry list's last kept weight (forward and input gradient)",
+          "sparsebench/kernels/csrc/conv.cpp",
+          "  for (int64_t e = 0; e < ne; ++e) {\n    const float* xp = X + off[e];",
+          "  for (int64_t e = 0; e + 1 < ne; ++e) {\n    const float* xp = X + off[e];",
+          ("tests/test_kernels_conv.py",)),
+    Fault("the direct conv weight gradient skips each row's last output position",
+          "sparsebench/kernels/csrc/conv.cpp",
+          "  for (int64_t p = 0; p < npos; ++p)",
+          "  for (int64_t p = 0; p + 1 < npos; ++p)",
+          ("tests/test_kernels_conv.py",)),
+    Fault("the direct conv input gradient puts every kernel row in phase 0 (wrong for strides above 1)",
+          "sparsebench/kernels/csrc/conv.cpp",
+          "const int64_t rh = ((i - g.PH) % g.SH + g.SH) % g.SH,",
+          "const int64_t rh = 0 * (((i - g.PH) % g.SH + g.SH) % g.SH),",
+          ("tests/test_kernels_conv.py",)),
+    Fault("the conv output's register transpose skips a stage (channels-last write-out)",
+          "sparsebench/kernels/csrc/conv.cpp",
+          "  transpose_stage<2>(r);\n",
+          "",
+          ("tests/test_kernels_conv.py",)),
+
 ]
 
 

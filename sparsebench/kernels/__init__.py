@@ -9,14 +9,15 @@ the layer has at most 32767 rows, else int32). The CSR ops accept int16 or int32
 either way; ``representations.csr`` picks the narrower. The training products (forward, input
 gradient, weight gradient at kept positions only) are ``torch.ops.sparse_linear.*`` custom
 operators: schemas and checks in C++ (``csrc/``), fake and autograd registrations in :mod:`.ops`.
-Layout of this package:
+A conv weight in either storage, seen as its (out, in*kh*kw) matrix, convolves directly on the kept
+weights with :func:`sparse_conv2d` (``csrc/conv.cpp``). Layout of this package:
 
 * :mod:`.isa`         the variants (avx512, avx2, generic): compiler flags, which this CPU runs, forcing one
 * :mod:`.errors`      KernelsUnavailable, and when "unavailable" is an error (SPARSEBENCH_REQUIRE_KERNELS)
 * :mod:`.build_cache` a variant's build: cache directory, build lock, child-process build, checksum
 * :mod:`.loader`      this process's library: load once, register, smoke-test
 * :mod:`.ops`         fake implementations and autograd of the ops
-* ``csrc/``           ``ops.cpp`` (schemas), ``bsr.cpp``, ``csr.cpp``, ``common.h``
+* ``csrc/``           ``ops.cpp`` (schemas), ``bsr.cpp``, ``csr.cpp``, ``conv.cpp``, ``common.h``
 
 Public API: :func:`variant`, :func:`variant_forced`, :func:`available`, :func:`unavailable_reason`,
 :func:`required`, :func:`build` (ahead of time: ``python -m sparsebench.kernels build``), and the
@@ -48,6 +49,7 @@ __all__ = [
     "csr_mm",
     "csr_sddmm",
     "required",
+    "sparse_conv2d",
     "supported_variants",
     "transpose_structure",
     "unavailable_reason",
@@ -171,3 +173,14 @@ def csr_mm(row_ptr, col, values, x: torch.Tensor, cols: int, bias: torch.Tensor 
 def csr_sddmm(row_ptr, col, dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``(dy^T @ x)`` at the CSR pattern's positions, in its order: ``dy`` (n, rows), ``x`` (n, cols)."""
     return _ops().csr_sddmm(row_ptr, col, dy, x)
+
+
+# ------------------------------------------------------------------ direct sparse convolution
+def sparse_conv2d(x, values, row_ptr, col, block, kernel, stride, padding, bias=None) -> torch.Tensor:
+    """``conv2d(x, W) + bias`` for NCHW float32 ``x`` and ``W`` (out, in, kh, kw) stored over its
+    (out, in*kh*kw) matrix as CSR (``block`` (1, 1), ``values`` (nnz)) or BSR (``block`` (R, C),
+    ``values`` (nnzb, R, C)); ``row_ptr`` and ``col`` any of int16/int32/int64. Computed on the
+    kept weights directly (no im2col rows, no dense weight); differentiable in ``x``, ``values``
+    and ``bias``. Zero padding, dilation 1, groups 1."""
+    pair = lambda v: [int(v), int(v)] if isinstance(v, int) else [int(a) for a in v]  # noqa: E731
+    return _ops().sparse_conv2d(x, values, bias, row_ptr, col, pair(block), pair(kernel), pair(stride), pair(padding))

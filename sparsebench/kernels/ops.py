@@ -12,12 +12,19 @@ Ops (schemas in csrc/ops.cpp; shape, dtype and index checks in C++, raising Valu
   for CSR ``W`` on row-major ``x``, differentiable in ``x``, ``values`` and ``bias``; its backward
   is ``csr_mm`` (on W^T's structure, reading W's values through ``perm``) and ``csr_sddmm``.
 
+* ``sparse_conv2d(x, values, bias, row_ptr, col, block, kernel, stride, padding)``: a direct
+  convolution of NCHW ``x`` with the weight stored as CSR (``block`` (1, 1)) or BSR (``block``
+  (R, C)) over its (out, in*kh*kw) matrix, differentiable in ``x``, ``values`` and ``bias``; its
+  backward is ``sparse_conv2d_backward`` (input and weight gradient from one packing of ``dy``).
+  ``sparse_conv2d_forward`` is the same product without autograd.
+
 Imported by the loader once the library is loaded (the registrations need the schemas).
 """
 
 from __future__ import annotations
 
 import torch
+from torch._prims_common import suggest_memory_format
 
 ops = torch.ops.sparse_linear
 NS = "sparse_linear"
@@ -57,6 +64,32 @@ def _(row_ptr, col, dy, x):
 @torch.library.register_fake(f"{NS}::csr_linear")
 def _(x, values, bias, row_ptr, col, t_row_ptr, t_col, perm):
     return x.new_empty((x.shape[0], row_ptr.shape[0] - 1))
+
+
+def _conv_out(x, row_ptr, block, kernel, stride, padding):
+    oc = (row_ptr.shape[0] - 1) * block[0]
+    oh = (x.shape[2] + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    ow = (x.shape[3] + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    # channels-last in memory, as the kernel writes it
+    return torch.empty((x.shape[0], oc, oh, ow), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+
+
+@torch.library.register_fake(f"{NS}::sparse_conv2d")
+def _(x, values, bias, row_ptr, col, block, kernel, stride, padding):
+    return _conv_out(x, row_ptr, block, kernel, stride, padding)
+
+
+@torch.library.register_fake(f"{NS}::sparse_conv2d_forward")
+def _(x, values, bias, row_ptr, col, block, kernel, stride, padding):
+    return _conv_out(x, row_ptr, block, kernel, stride, padding)
+
+
+@torch.library.register_fake(f"{NS}::sparse_conv2d_backward")
+def _(dy, x, values, row_ptr, col, block, kernel, stride, padding, need_x, need_w):
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x)) if need_x \
+        else x.new_empty((0,))
+    dvalues = values.new_empty(values.shape) if need_w else x.new_empty((0,))
+    return dx, dvalues
 
 
 # ------------------------------------------------------------------ autograd
@@ -102,3 +135,25 @@ def _csr_backward(ctx, dy):
 
 
 torch.library.register_autograd(f"{NS}::csr_linear", _csr_backward, setup_context=_csr_setup)
+
+
+def _conv_setup(ctx, inputs, output):
+    x, values, bias, row_ptr, col, block, kernel, stride, padding = inputs
+    ctx.save_for_backward(x, values, row_ptr, col)
+    ctx.geometry = (block, kernel, stride, padding)
+    ctx.has_bias = bias is not None
+
+
+def _conv_backward(ctx, dy):
+    x, values, row_ptr, col = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+    dx = dvalues = dbias = None
+    if need_x or need_w:
+        gx, gw = ops.sparse_conv2d_backward(dy, x, values, row_ptr, col, *ctx.geometry, need_x, need_w)
+        dx, dvalues = (gx if need_x else None), (gw if need_w else None)
+    if need_b and ctx.has_bias:
+        dbias = dy.sum((0, 2, 3))
+    return dx, dvalues, dbias, None, None, None, None, None, None
+
+
+torch.library.register_autograd(f"{NS}::sparse_conv2d", _conv_backward, setup_context=_conv_setup)

@@ -15,6 +15,7 @@ from .bsr_cpp import BsrCppWeight
 from .csr import CsrWeight
 from .masked import MaskedWeight
 from .semi import SemiWeight
+from .sparseprop import SparsePropWeight
 
 REPRESENTATIONS: dict[str, type[SparseWeight]] = {
     "masked": MaskedWeight,
@@ -22,6 +23,7 @@ REPRESENTATIONS: dict[str, type[SparseWeight]] = {
     "bsr": BsrWeight,
     "bsr_cpp": BsrCppWeight,
     "semi": SemiWeight,
+    "sparseprop": SparsePropWeight,  # the published peer, where installed (sparsebench[peers])
 }
 
 __all__ = ["REPRESENTATIONS", "RepresentationUnavailable", "SparseConv2d", "SparseLinear", "SparseWeight"]

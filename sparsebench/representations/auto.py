@@ -101,6 +101,8 @@ def candidates(scheme: Scheme, shape2d: tuple[int, int], layer_name: str) -> dic
     """Representation name -> the concrete scheme, for each representation that can store this layer here."""
     valid = {}
     for name, cls in REPRESENTATIONS.items():
+        if cls.peer:  # auto picks among sparsebench's own kernels; a peer is measured beside them
+            continue
         try:
             concrete = scheme.with_representation(name)
             cls.check_layer(concrete, shape2d, layer_name)

@@ -28,6 +28,8 @@ class SparseWeight(nn.Module):
     # True: ``stored`` holds only the kept units, in row-major unit order (a mask update resizes it);
     # False: ``stored`` is the dense weight (``masked``), zero at pruned positions
     packed: ClassVar[bool] = True
+    # True: another project's kernels, shown beside sparsebench's; ``auto`` never picks it
+    peer: ClassVar[bool] = False
 
     def __init__(self, weight: torch.Tensor, scheme: Scheme):
         """The layer's shape and scheme; a subclass takes ``(weight, mask, scheme)`` and stores what

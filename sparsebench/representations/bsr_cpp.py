@@ -3,7 +3,9 @@ kernels (``sparsebench.kernels``: OpenMP over block rows, vectorised loops, no t
 activations) instead of torch's. CPU only, float32; where the kernels cannot be built or run here,
 it raises RepresentationUnavailable with the reason and the other representations keep working.
 
-Per step, with ``W`` (out, in) and ``x`` (n, in), all row-major, one custom op
+A conv layer's weight is blocked over its (out, in*kh*kw) matrix and convolves directly on the
+blocks (``kernels.sparse_conv2d``; conv.direct_applies says when). Per linear step, with ``W``
+(out, in) and ``x`` (n, in), all row-major, one custom op
 (``torch.ops.sparse_linear.bsr_linear``, autograd registered with torch.library):
   forward         y  = x @ W^T            bsr_linear
   input gradient  dx = dy @ W             bsr_input_grad (block-column structure, built once)
@@ -19,6 +21,7 @@ import torch
 from .. import kernels
 from .base import RepresentationUnavailable
 from .bsr import BsrWeight
+from .conv import direct_applies
 
 
 class BsrCppWeight(BsrWeight):
@@ -55,7 +58,21 @@ class BsrCppWeight(BsrWeight):
         return kernels.bsr_linear(x, self.values, self.crow, self.col, (self.t_crow, self.t_col, self.perm),
                                   self.shape2d[0], bias)
 
-    # the conv path's products without autograd (conv.conv2d_recompute): the same kernels
+    def _direct(self, x, bias, stride, padding):
+        return kernels.sparse_conv2d(x, self.values, self.crow, self.col, self.block, self.shape[2:], stride, padding,
+                                     bias)
+
+    def conv2d(self, x, stride, padding, dilation):
+        if direct_applies(x, dilation):
+            return self._direct(x, None, stride, padding)
+        return super().conv2d(x, stride, padding, dilation)
+
+    def conv2d_bias(self, x, bias, stride, padding, dilation):
+        if bias is not None and direct_applies(x, dilation):
+            return self._direct(x, bias, stride, padding)  # the kernel starts each sum at the bias
+        return super().conv2d_bias(x, bias, stride, padding, dilation)
+
+    # the im2col conv path's products without autograd (conv.conv2d_recompute): the same kernels
     def linear_forward(self, x):
         return kernels.bsr_linear_forward(x, self.values.detach(), self.crow, self.col, self.shape2d[0])
 

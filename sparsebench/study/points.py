@@ -35,7 +35,7 @@ DENSE: Pattern = parse_pattern("dense")
 # representation names (schemes.STORES) the study does not cost, and why
 NOT_COSTED = {"semi": "CUDA only (2:4 tensor cores): its cost points would be skipped on every CPU",
               "fastest": "a policy (the fastest whatever its memory); auto, what a user would pick, is costed"}
-REPRESENTATIONS = tuple(name for name in STORES if name not in NOT_COSTED)  # masked csr bsr bsr_cpp auto
+REPRESENTATIONS = tuple(name for name in STORES if name not in NOT_COSTED)  # masked csr bsr bsr_cpp sparseprop auto
 SUBSET_LEVELS = (0.5, 0.9)
 MASKED_LEVEL = 0.9
 # accuracy budget -> the sizes costed. `converge` costs its own size only: its time to accuracy and its

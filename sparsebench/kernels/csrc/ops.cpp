@@ -1,6 +1,7 @@
 // The op library `sparse_linear`: sparse training products for linear layers (BSR blocks, CSR
-// elements) on the CPU, as PyTorch custom operators. Schemas here; the CPU kernels in bsr.cpp and
-// csr.cpp; the fake (meta) and autograd registrations in Python (sparsebench/kernels/ops.py).
+// elements) and direct sparse 2-D convolutions on the CPU, as PyTorch custom operators. Schemas
+// here; the CPU kernels in bsr.cpp, csr.cpp and conv.cpp; the fake (meta) and autograd
+// registrations in Python (sparsebench/kernels/ops.py).
 #include "common.h"
 
 #include <string>
@@ -22,6 +23,17 @@ torch::Tensor csr_linear(const torch::Tensor&, const torch::Tensor&, const std::
                          const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                          const torch::Tensor&);
 
+torch::Tensor sparse_conv2d(const torch::Tensor&, const torch::Tensor&, const std::optional<torch::Tensor>&,
+                            const torch::Tensor&, const torch::Tensor&, at::IntArrayRef, at::IntArrayRef,
+                            at::IntArrayRef, at::IntArrayRef);
+torch::Tensor sparse_conv2d_forward(const torch::Tensor&, const torch::Tensor&, const std::optional<torch::Tensor>&,
+                                    const torch::Tensor&, const torch::Tensor&, at::IntArrayRef, at::IntArrayRef,
+                                    at::IntArrayRef, at::IntArrayRef);
+std::tuple<torch::Tensor, torch::Tensor> sparse_conv2d_backward(const torch::Tensor&, const torch::Tensor&,
+                                                                const torch::Tensor&, const torch::Tensor&,
+                                                                const torch::Tensor&, at::IntArrayRef, at::IntArrayRef,
+                                                                at::IntArrayRef, at::IntArrayRef, bool, bool);
+
 std::string isa() { return SB_ISA; }
 }  // namespace sparsebench
 
@@ -38,6 +50,12 @@ TORCH_LIBRARY(sparse_linear, m) {
   m.def("csr_sddmm(Tensor row_ptr, Tensor col, Tensor dy, Tensor x) -> Tensor");
   m.def("csr_linear(Tensor x, Tensor values, Tensor? bias, Tensor row_ptr, Tensor col, Tensor t_row_ptr, "
         "Tensor t_col, Tensor perm) -> Tensor");
+  m.def("sparse_conv2d(Tensor x, Tensor values, Tensor? bias, Tensor row_ptr, Tensor col, int[2] block, "
+        "int[2] kernel, int[2] stride, int[2] padding) -> Tensor");
+  m.def("sparse_conv2d_forward(Tensor x, Tensor values, Tensor? bias, Tensor row_ptr, Tensor col, int[2] block, "
+        "int[2] kernel, int[2] stride, int[2] padding) -> Tensor");
+  m.def("sparse_conv2d_backward(Tensor dy, Tensor x, Tensor values, Tensor row_ptr, Tensor col, int[2] block, "
+        "int[2] kernel, int[2] stride, int[2] padding, bool need_x, bool need_w) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(sparse_linear, CPU, m) {
@@ -48,4 +66,7 @@ TORCH_LIBRARY_IMPL(sparse_linear, CPU, m) {
   m.impl("csr_mm", &sparsebench::csr_mm);
   m.impl("csr_sddmm", &sparsebench::csr_sddmm);
   m.impl("csr_linear", &sparsebench::csr_linear);
+  m.impl("sparse_conv2d", &sparsebench::sparse_conv2d);
+  m.impl("sparse_conv2d_forward", &sparsebench::sparse_conv2d_forward);
+  m.impl("sparse_conv2d_backward", &sparsebench::sparse_conv2d_backward);
 }
