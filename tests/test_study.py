@@ -9,6 +9,7 @@ import pytest
 
 from sparsebench import kernels
 from sparsebench.cli import main
+from sparsebench.representations.sparseprop import sparseprop_unavailable_reason
 from sparsebench.study import documents, driver
 from sparsebench.study.command import add_study_parser  # noqa: F401  (the command line's own entry)
 from sparsebench.study.plots import PLOTS
@@ -28,10 +29,13 @@ def smoke_study(tiny_data_dir, tmp_path_factory):
 
 
 def unavailable_here(point) -> str | None:
-    """Why ``point`` is skipped on this machine (None: it is measured). Only our bsr_cpp kernels can be
-    missing on a CPU (no compiler, a failed smoke test); semi, CUDA only, is not among the study's."""
+    """Why ``point`` is skipped on this machine (None: it is measured). On a CPU our bsr_cpp kernels can be
+    missing (no compiler, a failed smoke test), and the peer where it is not installed; semi, CUDA only,
+    is not among the study's."""
     if point.kind == "cost" and point.scheme.representation == "bsr_cpp" and not kernels.available():
         return "bsr_cpp kernels unavailable here"
+    if point.kind == "cost" and point.scheme.representation == "sparseprop" and sparseprop_unavailable_reason():
+        return "SparseProp is not importable"
     return None
 
 
@@ -46,7 +50,7 @@ def test_smoke_study_writes_every_point_the_report_and_the_plots(smoke_study):
     assert set(skipped) == set(expected)  # exactly the points this machine cannot run, each with its reason
     for key, why in expected.items():
         assert why in skipped[key], (key, skipped[key])
-    if expected and os.environ.get("SPARSEBENCH_REQUIRE_KERNELS") == "1":
+    if any("bsr_cpp" in why for why in expected.values()) and os.environ.get("SPARSEBENCH_REQUIRE_KERNELS") == "1":
         pytest.fail(f"sparse kernels unavailable: {kernels.unavailable_reason()}")
     text = (smoke_study / "STUDY.md").read_text()
     for heading in ("## In a sentence", "## Break-even sparsity", "## Accuracy", "## Time to accuracy",

@@ -152,7 +152,7 @@ def test_describe_pattern():
 
 
 def test_the_representations_costed_come_from_the_registry():
-    assert REPRESENTATIONS == ("masked", "csr", "bsr", "bsr_cpp", "auto")  # today's default set, in STORES' order
+    assert REPRESENTATIONS == ("masked", "csr", "bsr", "bsr_cpp", "sparseprop", "auto")  # in STORES' order
     assert set(NOT_COSTED) == {"semi", "fastest"} and set(REPRESENTATIONS) | set(NOT_COSTED) == set(STORES)
     assert Sweep().representations == REPRESENTATIONS
 
@@ -177,7 +177,7 @@ def test_points_hold_typed_values_and_describe_themselves_in_canonical_strings()
 
 
 def test_points_and_the_default_cost_subset():
-    assert representations_for(P("random:0.5"), REPRESENTATIONS) == ["masked", "csr", "auto"]
+    assert representations_for(P("random:0.5"), REPRESENTATIONS) == ["masked", "csr", "sparseprop", "auto"]
     assert representations_for(P("block:4x4:0.5"), ("bsr", "semi")) == ["bsr"]
     assert representations_for(P("nm:2:4"), STORES) == ["masked", "csr", "semi", "sparseprop", "auto", "fastest"]
     assert in_default_subset(P("random:0.75"), "auto", "reference")
@@ -191,11 +191,11 @@ def test_points_and_the_default_cost_subset():
     assert accuracy_points(sweep) == [AccuracyPoint("cnn", P(p), s, "ci") for p in ("dense", "block:4x4:0.5",
                                                                                     "block:4x4:0.9") for s in (0, 1)]
     costs = {str(p.scheme) for p in cost_points(sweep)}
-    assert costs == {"block:4x4:0.5@csr", "block:4x4:0.5@bsr", "block:4x4:0.5@bsr_cpp", "block:4x4:0.5@auto",
-                     "block:4x4:0.9", "block:4x4:0.9@csr", "block:4x4:0.9@bsr", "block:4x4:0.9@bsr_cpp",
-                     "block:4x4:0.9@auto"}
+    assert costs == {"block:4x4:0.5@csr", "block:4x4:0.5@bsr", "block:4x4:0.5@bsr_cpp", "block:4x4:0.5@sparseprop",
+                     "block:4x4:0.5@auto", "block:4x4:0.9", "block:4x4:0.9@csr", "block:4x4:0.9@bsr",
+                     "block:4x4:0.9@bsr_cpp", "block:4x4:0.9@sparseprop", "block:4x4:0.9@auto"}
     from dataclasses import replace
-    assert len(cost_points(replace(sweep, all_costs=True))) == 10  # masked at 0.5 too
+    assert len(cost_points(replace(sweep, all_costs=True))) == 12  # masked at 0.5 too
 
 
 def test_sentences_speak_for_auto_where_it_was_measured():
