@@ -77,7 +77,7 @@ def layer_case(draw):
     if conv:  # (out, in, 3, 3): the matrix is (out, 9 * in); blocks must tile it (and bsr needs square ones)
         in_ch = b * draw(st.integers(1, 3))
         layer = nn.Conv2d(in_ch, rows, 3, padding=1)
-        x_shape = (draw(st.sampled_from([2, 9])), in_ch, 5, 5)  # through im2col rows, or direct (batch >= 8)
+        x_shape = (draw(st.sampled_from([2, 9])), in_ch, 5, 5)  # im2col rows, or direct (conv.DIRECT_MIN_BATCH)
         cols = 9 * in_ch
     else:
         cols = b * draw(st.integers(1, 6))

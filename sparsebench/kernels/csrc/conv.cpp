@@ -645,11 +645,11 @@ std::tuple<torch::Tensor, torch::Tensor> sparse_conv2d_backward(
   }
   const DyLayout dl = dy_layout(g);
   const Packed DY = pack(dy, dl.Hp, dl.Wp, g.Bp, dl.top, dl.left);
-  if (need_x) dx = input_grad_impl(DY, dl, E, packed_values(E, values), g, x.options(), x.suggest_memory_format());
-  if (need_w) {
+  if (need_w) {  // first, so the packed input is freed before dx is allocated: a lower peak
     const Packed X = pack(x, g.H + 2 * g.PH, g.W + 2 * g.PW, g.Bp, g.PH, g.PW);
     dvalues = weight_grad_impl(DY, dl, X, E, g, values);
   }
+  if (need_x) dx = input_grad_impl(DY, dl, E, packed_values(E, values), g, x.options(), x.suggest_memory_format());
   return {dx, dvalues};
 }
 
