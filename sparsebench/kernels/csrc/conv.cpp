@@ -282,7 +282,7 @@ torch::Tensor as_long_index(const char* name, const torch::Tensor& t) {
 
 // The structure and values, checked against the input: returns the entry lists.
 Entries check_weight(const torch::Tensor& values, const torch::Tensor& row_ptr_in, const torch::Tensor& col_in,
-                     at::IntArrayRef block, int64_t in_ch, at::IntArrayRef kernel, torch::Tensor* row_ptr_out = nullptr) {
+                     at::IntArrayRef block, int64_t in_ch, at::IntArrayRef kernel) {
   TORCH_CHECK_VALUE(block.size() == 2 && block[0] >= 1 && block[1] >= 1, "block must be a pair (R, C) of positive sizes, got ",
                     block);
   const int64_t R = block[0], Cb = block[1];
@@ -303,7 +303,6 @@ Entries check_weight(const torch::Tensor& values, const torch::Tensor& row_ptr_i
                       "values must have shape (", nnz, ", ", R, ", ", Cb, ") (one block per col entry), got ",
                       values.sizes());
   }
-  if (row_ptr_out) *row_ptr_out = row_ptr;
   return entries_of(row_ptr, col, R, Cb);
 }
 
