@@ -127,3 +127,13 @@ def test_an_injected_slowdown_in_the_working_tree_fails(clone, tiny_data_dir, ca
     assert done.returncode == 1, done.stdout + done.stderr
     assert "FAIL transformer random:0.5@csr time_ratio_vs_dense" in done.stdout
     assert "continuous FAILED" in done.stdout
+
+
+def test_the_command_line_refuses_a_place_without_git_in_one_line(tmp_path, monkeypatch, capsys, tiny_data_dir):
+    from sparsebench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["continuous", "HEAD~1", "--budget", "smoke", "--data-dir", str(tiny_data_dir),
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not in one" in err and "Traceback" not in err

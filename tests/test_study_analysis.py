@@ -225,9 +225,10 @@ def test_cost_rows_read_the_typed_cost_result():
         "peak_ratio": 0.9, "peak": 900, "dense_peak": 1000, "ledger": 400, "dense_ledger": 800,
         "ledger_share": 100 / 400, "size_ratio": 0.6, "inference_speedup": 0.8, "chosen": {"fc1": "csr"},
         "batch_size": 32, "model": "cnn", "speedup_interval": (1.0, 1.0, 2)}  # the same per-step totals
-    never = {"kind": "never", "sparsity": 0.9}
-    assert analysis.break_even_table([row]) == {("cnn", "ci", "block:4x4", "auto"): never | {
-        "levels": 1, "interval": (never, never)}}
+    # the point's per-step totals are equal, so its interval sits at a ratio of 1 (break-even), its median not
+    at_one = {"kind": "at_or_below", "sparsity": 0.9}
+    assert analysis.break_even_table([row]) == {("cnn", "ci", "block:4x4", "auto"): {
+        "kind": "never", "sparsity": 0.9, "levels": 1, "interval": (at_one, at_one)}}
     with pytest.raises(ValueError, match="cost/ci/cnn/block4x4-0.9-auto: value: key 'speedup' must be > 0"):
         analysis.cost_rows({doc["key"]: doc | {"value": ok_value(speedup=0)}})
 
