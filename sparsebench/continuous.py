@@ -239,6 +239,7 @@ def run_continuous(base_rev: str, head_rev: str | None, cells: list[Cell], budge
     from .machine import cache_dir
 
     root = checkout_root()
+    out_dir = Path(out_dir).resolve()  # each side's process runs in its own tree, so no relative paths
     cache = cache or cache_dir()
     base_commit = resolve(root, base_rev)
     base = Side("BASE", base_commit, export_tree(root, base_commit, cache))

@@ -100,7 +100,7 @@ def cache(tmp_path_factory):
 
 
 def continuous(clone, tiny_data_dir, cache, tmp_path, *extra):
-    out = tmp_path / "out"
+    out = Path(os.path.relpath(tmp_path / "out", clone))  # relative to where it runs, as a user writes it
     done = subprocess.run([sys.executable, "-m", "sparsebench", "continuous", "HEAD", *extra, "--budget", "smoke",
                            "--archs", "transformer", "--schemes", "random:0.5@csr", "--data-dir", str(tiny_data_dir),
                            "--out", str(out), "--quiet"], cwd=clone, capture_output=True, text=True,
@@ -113,7 +113,7 @@ def test_a_commit_compared_with_itself_passes(clone, tiny_data_dir, cache, tmp_p
     done, out = continuous(clone, tiny_data_dir, cache, tmp_path, "HEAD")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "continuous PASSED" in done.stdout and "side by side with BASE" in done.stdout
-    assert (out / "comparison.json").is_file() and (out / "base" / "transformer").is_dir()
+    assert (clone / out / "comparison.json").is_file() and (clone / out / "base" / "transformer").is_dir()
 
 
 def test_an_injected_slowdown_in_the_working_tree_fails(clone, tiny_data_dir, cache, tmp_path):
