@@ -57,7 +57,7 @@ def bench(session):
     documents in results/bench-ci/, the report table and plots, and the gate against baselines/."""
     install(session)
     session.run("pytest", "benchmarks/test_grid.py", "--benchmark-autosave", "--benchmark-group-by=group",
-                "--benchmark-columns=min,rounds", "-p", "no:randomly", *session.posargs)
+                "--benchmark-columns=median,iqr,min,rounds", "-p", "no:randomly", *session.posargs)
 
 
 # the cells whose time the side-by-side gate checks in CI: the fast path of each kernel family, both architectures
