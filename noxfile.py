@@ -1,4 +1,5 @@
-"""nox sessions: `nox -s bench` (the default grid, report and gate), `nox -s tests`, `nox -s lint`,
+"""nox sessions: `nox -s bench` (the default grid, report and gate), `nox -s continuous` (the time gate
+side by side with an earlier commit, where this machine class has no baselines), `nox -s tests`, `nox -s lint`,
 `nox -s layers` (the layer benchmark), `nox -s ray` (the Ray executor on a local Ray instance),
 `nox -s wheel` (the wheel in a fresh virtualenv, as a user installs it).
 Arguments after `--` go to pytest.
@@ -56,7 +57,34 @@ def bench(session):
     documents in results/bench-ci/, the report table and plots, and the gate against baselines/."""
     install(session)
     session.run("pytest", "benchmarks/test_grid.py", "--benchmark-autosave", "--benchmark-group-by=group",
-                "--benchmark-columns=min,rounds", "-p", "no:randomly", *session.posargs)
+                "--benchmark-columns=median,iqr,min,rounds", "-p", "no:randomly", *session.posargs)
+
+
+# the cells whose time the side-by-side gate checks in CI: the fast path of each kernel family, both architectures
+CONTINUOUS_SCHEMES = ["random:0.9@csr", "block:16x16:0.9@bsr_cpp"]
+
+
+@nox.session
+def continuous(session):
+    """The time gate of a machine class without stored baselines (what .ci/run runs after `bench`):
+    `sparsebench continuous` against the last commit that changed the ci baselines, side by side on this
+    machine, on the kernels' fast-path cells of both architectures. Where this class has baselines of its
+    own, `bench` gated time against them, and this says so and stops. Arguments go to `sparsebench
+    continuous` (e.g. `nox -s continuous -- --schemes dense random:0.5@csr`)."""
+    install(session)
+    probe = ("from sparsebench.baselines import own_class; c, has = own_class('baselines', 'ci'); "
+             "print(c, int(has))")
+    machine_class, has = session.run("python", "-c", probe, silent=True).split()
+    if has == "1" and not session.posargs:
+        session.log(f"machine class {machine_class} has ci baselines: `bench` gated time against them")
+        return
+    base = session.run("git", "log", "-1", "--format=%H", "--", "baselines/ci", external=True, silent=True).strip()
+    if not base:
+        session.error("no commit in this clone's history changed baselines/ci (a shallow clone?): "
+                      "fetch the history, or run `sparsebench continuous BASE` with a BASE of your choice")
+    session.log(f"machine class {machine_class} has no ci baselines: time gated side by side with {base[:12]}")
+    session.run("sparsebench", "continuous", base, "--budget", "ci", "--schemes", *CONTINUOUS_SCHEMES,
+                "--out", "results/continuous-ci", *session.posargs)
 
 
 @nox.session

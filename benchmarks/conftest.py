@@ -19,8 +19,6 @@ def pytest_addoption(parser):
     group.addoption("--layer-table", default="results/layer_bench.md",
                     help="where the layer benchmark writes its markdown table")
     group.addoption("--budget", default="ci", help="grid budget: smoke, ci (default) or full")
-    group.addoption("--grid-rounds", type=int, default=1,
-                    help="training runs per grid cell, each from a fresh seeded model (default 1)")
     group.addoption("--grid-seed", type=int, default=0, help="seed of every grid cell (default 0)")
     group.addoption("--results-dir", default=None,
                     help="where grid result documents go (default: results/bench-<budget>, emptied at start)")
@@ -33,7 +31,6 @@ def pytest_addoption(parser):
 class GridSettings:
     budget: object
     settings: object  # sparsebench.settings.RunSettings: every cell's seed and progress bar
-    rounds: int
     results_dir: Path
     baselines: Path
     gate: bool
@@ -63,7 +60,7 @@ def grid(request):
         settings = RunSettings(seed=config.getoption("--grid-seed"), progress=config.getoption("--progress"))
     except ValueError as err:
         raise pytest.UsageError(str(err)) from None
-    return GridSettings(budget, settings, config.getoption("--grid-rounds"), _results_dir(config),
+    return GridSettings(budget, settings, _results_dir(config),
                         Path(config.getoption("--baselines")), not config.getoption("--no-gate"))
 
 
@@ -117,8 +114,41 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+_DEFAULT_STORAGE = "file://./.benchmarks"  # pytest-benchmark's own default for --benchmark-storage
+
+
+def _this_machine() -> dict:
+    """What pytest-benchmark's machine_info gains: the class time baselines belong to, and the kernel variant."""
+    from sparsebench.machine import this_machine
+    from sparsebench.measure import kernel_variant
+
+    variant, forced = kernel_variant()
+    fingerprint, machine_class = this_machine(variant, torch.device("cpu"))
+    return {"machine_class": machine_class, "kernel_variant": variant, "kernel_variant_forced": forced,
+            "fingerprint": fingerprint}
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     torch.set_num_threads(torch.get_num_threads())  # explicit: the benchmark runs at the machine's thread count
+    # saved runs of different machine classes (another CPU, a forced kernel variant) are stored apart, so
+    # --benchmark-compare only finds runs of this class; before pytest-benchmark's session reads the option
+    if getattr(config.option, "benchmark_storage", None) == _DEFAULT_STORAGE:
+        config.option.benchmark_storage = f"{_DEFAULT_STORAGE}/{_this_machine()['machine_class']}"
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["sparsebench"] = _this_machine()
+
+
+def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info, compared_benchmark):
+    ours = (machine_info.get("sparsebench") or {}).get("machine_class")
+    theirs = ((compared_benchmark.get("machine_info") or {}).get("sparsebench") or {}).get("machine_class")
+    if ours != theirs:
+        benchmarksession.logger.warning(
+            f"comparing with a run of another machine class ({theirs or 'unrecorded'}; this one is {ours}): "
+            f"step times differ between classes by more than any regression tolerance, so this comparison "
+            f"says nothing about the code")
 
 
 def pytest_terminal_summary(terminalreporter, config):

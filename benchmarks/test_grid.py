@@ -2,10 +2,13 @@
 test (ids like ``cnn-block4x4-0.5-bsr``, grouped by architecture), run by the same runner as
 ``sparsebench grid`` (grid.run_one), so both write the same documents, skipped cells included.
 
-Each round trains a fresh seeded model (pedantic's untimed ``setup``), so no round ever continues
-on already-trained weights; pytest-benchmark times the training loop alone. Every field of the
-cell's Result goes into ``extra_info``, so a saved pytest-benchmark JSON holds the whole result, and
-the result document is also written to ``--results-dir``. With the gate on (default), the cell fails
+Each training step of the cell's fixed-budget run is one pytest-benchmark round (the loop's untimed
+work between steps, the learning curve's evaluation, is pedantic's ``setup``), so pytest-benchmark's
+statistics (min, median, IQR over hundreds of rounds) describe the cell's step time, and
+``--benchmark-compare-fail=median:10%`` compares medians of many steps. Every field of the cell's
+Result goes into ``extra_info`` (accuracy, peak memory, the time ratio against dense and its interval),
+so a saved pytest-benchmark JSON holds the whole result, and the result document is also written to
+``--results-dir``. With the gate on (default), the cell fails
 when a gated metric regresses beyond its baseline for this machine class; at the end the whole
 directory is gated once more (conftest), which also fails the run for a cell it lost.
 
@@ -25,8 +28,12 @@ from sparsebench.grid import default_cells, run_one
 def test_cell(benchmark, grid, cell):
     benchmark.group = cell.arch
 
+    def each_step_a_round(loop):  # the grid's budgets are fixed-step, so loop.steps is the round count
+        benchmark.pedantic(loop.step, setup=loop.between, rounds=loop.steps, iterations=1)
+
     def timed_training(run):
-        benchmark.pedantic(run.train, setup=run.fresh, rounds=grid.rounds, iterations=1)
+        run.fresh()
+        run.train(drive=each_step_a_round)
 
     result = run_one(cell, grid.budget, grid.results_dir, grid.settings, train=timed_training)
     if not result.ok:

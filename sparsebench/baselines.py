@@ -88,6 +88,16 @@ def known_classes(root: str | os.PathLike, budget: str) -> dict[str, dict]:
     return classes
 
 
+def own_class(root: str | os.PathLike, budget: str) -> tuple[str, bool]:
+    """This machine's class (its native or forced kernel variant, on the CPU) and whether ``root`` holds
+    ``budget`` baselines of that class: where it does not, time is gated side by side (continuous.py)."""
+    from .machine import this_machine
+    from .measure import kernel_variant
+
+    _, machine_class = this_machine(kernel_variant()[0])
+    return machine_class, machine_class in known_classes(root, budget)
+
+
 def nearest_class(fp: dict, known: dict[str, dict]) -> str | None:
     """The known class most like ``fp``: same CPU architecture first, then same kernel variant, same
     vendor, same threads, same torch (ties: by name, so the choice is stable)."""
@@ -268,6 +278,8 @@ def _baseline_doc(budget: str, results: list[Result]) -> tuple[dict, list[str]]:
                             f"{format_metric(metric, spread[metric])}, tolerance capped at {cap:.0%} of the median; "
                             f"the gate may be flaky on this machine")
         metrics[metric] = {"value": value, "tolerance": tol, "better": better}
+    # each run's own 95% interval, beside the spread across runs that the tolerance came from
+    metrics["time_ratio_vs_dense"]["intervals"] = [r.time_ratio_interval for r in results if r.time_ratio_interval]
     doc = {
         "schema_version": SCHEMA_VERSION, "budget": budget, "arch": first.arch, "scheme": first.scheme,
         "machine_class": first.machine_class, "metrics": metrics,

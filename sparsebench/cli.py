@@ -1,4 +1,4 @@
-"""The command line: ``sparsebench run | grid | report | check | baselines update | study``.
+"""The command line: ``sparsebench run | grid | report | check | baselines update | continuous | study``.
 
 Every failure the user can fix (bad arguments, missing data, missing baselines, unwritable
 output) ends in one line on stderr and a non-zero exit, never a traceback.
@@ -54,6 +54,7 @@ def executor_of(args):
 
 def build_parser() -> Parser:
     from .archs import ARCHS
+    from .budgets import BUDGETS
     from .grid import DEFAULT_ARCHS, DEFAULT_SCHEMES
 
     parser = Parser(prog="sparsebench", description="Train sparse CNN/Transformer cells and measure what sparsity "
@@ -104,6 +105,24 @@ def build_parser() -> Parser:
     u.add_argument("--baselines", type=Path, default=Path("baselines"))
     u.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), choices=list(ARCHS))
     u.add_argument("--schemes", nargs="+", default=list(DEFAULT_SCHEMES))
+
+    p = sub.add_parser("continuous", help="gate HEAD against BASE, both run side by side on this machine",
+                       description="Run the grid's cells on two versions of this checkout, alternating cell by cell "
+                       "on this machine (after `asv continuous`), and gate HEAD against BASE: the time ratio against "
+                       "dense by HEAD's over BASE's with its 95%% interval (a regression only when the whole "
+                       "interval lies beyond the tolerance), every other gated metric against BASE's value. Needs "
+                       "no stored baselines: the time gate of a machine class that has none. Exit 1 on a "
+                       "regression.")
+    p.add_argument("base", metavar="BASE", help="the commit to compare with (id, branch, tag, HEAD~1, ...)")
+    p.add_argument("head", metavar="HEAD", nargs="?", help="the commit to judge (default: the working tree)")
+    p.add_argument("--out", type=Path, help="where both sides' result documents and comparison.json go "
+                   "(default: results/continuous)")
+    p.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), choices=list(ARCHS))
+    p.add_argument("--schemes", nargs="+", default=list(DEFAULT_SCHEMES), help="default: the default grid")
+    p.add_argument("--budget", default="ci", choices=list(BUDGETS), help="training budget (default: ci)")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of every cell (default: 0)")
+    p.add_argument("--data-dir", help="offline data directory (default: $SPARSEBENCH_DATA_DIR, then ../shared/data)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
 
     from .study.command import add_study_parser
 
@@ -194,6 +213,25 @@ def cmd_baselines(args) -> int:
     return 0
 
 
+def cmd_continuous(args) -> int:
+    from .archs import get_arch
+    from .budgets import get_budget
+    from .continuous import run_continuous
+    from .data import resolve_data_dir
+    from .grid import default_cells
+
+    cells = default_cells(args.archs, args.schemes)
+    budget = get_budget(args.budget)
+    out = args.out or Path("results/continuous")
+    writable_dir(out)
+    # both sides read the data from one absolute place: BASE runs from its own source tree
+    data = resolve_data_dir(args.data_dir, names=sorted({get_arch(a).data for a in args.archs if get_arch(a).data}))
+    comparison = run_continuous(args.base, args.head, cells, budget, out, str(Path(data).resolve()), args.seed,
+                                progress=not args.quiet)
+    print("\n".join(comparison.lines()))
+    return 0 if comparison.ok else EXIT_REGRESSION
+
+
 def cmd_study(args) -> int:
     from .study.command import run_command
 
@@ -206,7 +244,7 @@ def cmd_study(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "grid": cmd_grid, "report": cmd_report, "check": cmd_check, "baselines": cmd_baselines,
-            "study": cmd_study}
+            "continuous": cmd_continuous, "study": cmd_study}
 
 
 # what ``pip install 'sparsebench[bench]'`` adds to the library: the command line needs them, sparsify does not

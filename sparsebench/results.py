@@ -69,6 +69,8 @@ class Result:
     representations: dict = field_spec("dict", optional=True)
     kernels: dict = field_spec("dict", optional=True)
     time_ratio_vs_dense: float = field_spec("number", positive=True)
+    # {"low", "high", "confidence", "pairs"}: timing.ratio_interval over the interleaved pairs in step_times_s
+    time_ratio_interval: dict | None = field_spec("dict", optional=True)
     step_times_s: dict = field_spec("dict", optional=True)
     curve: dict = field_spec("dict", optional=True)  # the learning curve (curves.py)
     mask_updates: dict | None = field_spec("dict", optional=True)  # a dynamic schedule's updates (updater.py)
@@ -140,6 +142,19 @@ def check_mask_updates(updates, where: str) -> None:
         raise ValueError(f"{where}: {updates['updates']} updates but {len(updates['history'])} in its history")
 
 
+def check_interval(interval, where: str) -> None:
+    """A confidence interval as results store it: 0 < low <= high, a confidence in (0, 1), its pair count."""
+    if not isinstance(interval, dict):
+        raise ValueError(f"{where}: expected an object, got {type(interval).__name__}")
+    low, high, confidence, pairs = (interval.get(k) for k in ("low", "high", "confidence", "pairs"))
+    if not (is_finite(low) and is_finite(high) and 0 < low <= high):
+        raise ValueError(f"{where}: needs 0 < low <= high, got low {low!r}, high {high!r}")
+    if not (is_finite(confidence) and 0 < confidence < 1):
+        raise ValueError(f"{where}.confidence: must be in (0, 1), got {confidence!r}")
+    if not (isinstance(pairs, int) and not isinstance(pairs, bool) and pairs >= 2):
+        raise ValueError(f"{where}.pairs: must be a whole number >= 2, got {pairs!r}")
+
+
 def validate_result(doc: dict, path: str | os.PathLike | None = None) -> None:
     """Raise ValueError naming the first missing, unknown, ill-typed or out-of-bounds key (and the file)."""
     where = f"result {path}" if path is not None else "result document"
@@ -171,6 +186,8 @@ def validate_result(doc: dict, path: str | os.PathLike | None = None) -> None:
     if not is_safe_name(doc["env"]["machine_class"]):
         raise ValueError(f"{where}: key 'env.machine_class' must be a file-safe name (letters, digits, '.', '_', "
                          f"'-'; no leading dot), got {doc['env']['machine_class']!r}")
+    if doc.get("time_ratio_interval") is not None:
+        check_interval(doc["time_ratio_interval"], f"{where}: key 'time_ratio_interval'")
     if doc.get("curve") is not None:
         check_curve(doc["curve"], f"{where}: key 'curve'")
     if doc.get("mask_updates") is not None:

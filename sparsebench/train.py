@@ -98,6 +98,7 @@ class Trained:
     batch_size: int
     curve: dict  # curves.CurveRecorder.document()
     mask_updates: dict | None = None  # updater.MaskUpdater.report(), for a dynamic schedule
+    step_seconds: list[float] | None = None  # each training step's wall time
 
 
 class CellRun:
@@ -146,61 +147,20 @@ class CellRun:
         self.ready = Fresh(model, optimizer, schedule, Batches(len(self.task.y_train), self.training.batch_size,
                                                                self.seed))
 
-    def train(self) -> None:
+    def train(self, drive=None) -> None:
+        """Train the fresh model for the budget. ``drive(loop)`` replaces the plain loop (``while not
+        loop.done: loop.between(); loop.step()``), so a benchmark can time each step as one round."""
         if self.ready is None:
             raise RuntimeError("call fresh() before train(): every training run starts from a fresh seeded model")
         run, self.ready = self.ready, None  # never train these weights again
-        budget, training, losses = self.budget, self.training, []
-        augment = get_augmentation(training.augment)
-        augment_gen = torch.Generator().manual_seed(self.seed + 7919)  # its own stream: the batch order stays
-        curve = CurveRecorder(training.curve_points, None if budget.seconds else self.steps, budget.seconds)
-        rows = slice_rows(len(self.task.y_test), training.curve_rows).to(self.device)
-
-        def slice_accuracy() -> float:
-            return self.evaluate(run.model, self.task.x_test[rows], self.task.y_test[rows])[0]
-
-        updater = getattr(run.model, "mask_updater", None)
-        switches_shown = 0  # layer switches already announced
-        bar = tqdm(total=None if budget.seconds else self.steps, desc=str(self.cell), unit="step",
-                   disable=not self.settings.progress, leave=False, dynamic_ncols=True)
-        curve.add(0, 0.0, slice_accuracy())
-        seconds = 0.0  # training time only: the clock stops while the curve is evaluated
-        sync(self.device)
-        start = time.perf_counter()
-        while (seconds + time.perf_counter() - start < budget.seconds) if budget.seconds else len(losses) < self.steps:
-            x, y = self.batch(run.batches.next())
-            if augment is not None:
-                x = augment(x, augment_gen)
-            losses.append(train_step(run.model, run.optimizer, x, y))
-            if updater is not None and updater.step(run.optimizer) and self.settings.progress:
-                for change in updater.switches[switches_shown:]:
-                    tqdm.write(f"{self.cell}: layer {change['layer']} stored as {change['to']} from step "
-                               f"{change['step']} (sparsity {change['sparsity']:.3f})")
-                switches_shown = len(updater.switches)
-            curve.saw(losses[-1])
-            if run.schedule is not None:
-                run.schedule.step()
-            if len(losses) % 10 == 0:
-                bar.set_postfix(loss=f"{float(losses[-1]):.3f}", refresh=False)
-            bar.update()
-            if curve.due(len(losses), seconds + time.perf_counter() - start):
-                sync(self.device)
-                seconds += time.perf_counter() - start
-                curve.add(len(losses), seconds, slice_accuracy())
-                bar.set_postfix(loss=f"{float(losses[-1]):.3f}", slice_accuracy=f"{curve.recorded[-1].accuracy:.3f}",
-                                refresh=False)
-                sync(self.device)
-                start = time.perf_counter()
-        sync(self.device)
-        seconds += time.perf_counter() - start
-        curve.finish(len(losses), seconds, slice_accuracy)
-        bar.close()
-        losses = torch.stack(losses).float().cpu()
-        if not torch.isfinite(losses).all():
-            raise FloatingPointError(f"{self.cell}: training loss became non-finite "
-                                     f"at step {int((~torch.isfinite(losses)).nonzero()[0])}")
-        self.trained = Trained(run.model, run.optimizer, losses, seconds, run.batches.batch_size,
-                               curve.document(len(rows)), updater.report() if updater is not None else None)
+        loop = TrainingLoop(self, run)
+        if drive is None:
+            while not loop.done:
+                loop.between()
+                loop.step()
+        else:
+            drive(loop)
+        self.trained = loop.finish()
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, x: torch.Tensor | None = None,
@@ -284,9 +244,90 @@ class CellRun:
             sparsity=sparsity, realised_sparsity=sparsity["total"]["realised"],
             representations=representations_of(trained.model), kernels=kernels_of(trained.model),
             time_ratio_vs_dense=timing.time_ratio(dense_times, scheme_times),
+            time_ratio_interval=timing.interval_doc(dense_times, scheme_times),
             step_times_s={"dense": dense_times, "scheme": scheme_times,
                           "dense_median": statistics.median(dense_times),
                           "scheme_median": statistics.median(scheme_times)},
             curve=trained.curve, mask_updates=trained.mask_updates,
             env=environment(self.device),
         )
+
+
+class TrainingLoop:
+    """The fixed-budget training loop as calls a caller drives: ``step()`` (one training step: batch,
+    augmentation, forward, backward, optimizer, mask update, learning-rate schedule; timed here, and by a
+    benchmark as one round) and ``between()`` (untimed: the learning curve's evaluation when it is due).
+    Training seconds are the steps' wall time alone."""
+
+    def __init__(self, cell_run: CellRun, run: Fresh):
+        self.cell_run, self.run = cell_run, run
+        budget, training = cell_run.budget, cell_run.training
+        self.seconds_budget = budget.seconds
+        self.steps = None if budget.seconds else cell_run.steps  # None: a wall-clock run
+        self.losses: list[torch.Tensor] = []
+        self.step_seconds: list[float] = []
+        self.seconds = 0.0
+        self.augment = get_augmentation(training.augment)
+        self.augment_gen = torch.Generator().manual_seed(cell_run.seed + 7919)  # its own stream: the batch order stays
+        self.curve = CurveRecorder(training.curve_points, self.steps, budget.seconds)
+        self.rows = slice_rows(len(cell_run.task.y_test), training.curve_rows).to(cell_run.device)
+        self.updater = getattr(run.model, "mask_updater", None)
+        self.switches_shown = 0  # layer switches already announced
+        self.bar = tqdm(total=self.steps, desc=str(cell_run.cell), unit="step", disable=not cell_run.settings.progress,
+                        leave=False, dynamic_ncols=True)
+        self.curve.add(0, 0.0, self.slice_accuracy())
+
+    def slice_accuracy(self) -> float:
+        task = self.cell_run.task
+        return self.cell_run.evaluate(self.run.model, task.x_test[self.rows], task.y_test[self.rows])[0]
+
+    @property
+    def done(self) -> bool:
+        return self.seconds >= self.seconds_budget if self.steps is None else len(self.losses) >= self.steps
+
+    def between(self) -> None:
+        if len(self.losses) and self.curve.due(len(self.losses), self.seconds):
+            self.curve.add(len(self.losses), self.seconds, self.slice_accuracy())
+            self.bar.set_postfix(loss=f"{float(self.losses[-1]):.3f}",
+                                 slice_accuracy=f"{self.curve.recorded[-1].accuracy:.3f}", refresh=False)
+
+    def step(self) -> None:
+        cell_run, run = self.cell_run, self.run
+        sync(cell_run.device)
+        start = time.perf_counter()
+        x, y = cell_run.batch(run.batches.next())
+        if self.augment is not None:
+            x = self.augment(x, self.augment_gen)
+        loss = train_step(run.model, run.optimizer, x, y)
+        updated = self.updater is not None and self.updater.step(run.optimizer)
+        if run.schedule is not None:
+            run.schedule.step()
+        sync(cell_run.device)
+        took = time.perf_counter() - start
+        self.seconds += took
+        self.step_seconds.append(took)
+        self.losses.append(loss)
+        self.curve.saw(loss)
+        if updated and cell_run.settings.progress:
+            for change in self.updater.switches[self.switches_shown:]:
+                tqdm.write(f"{cell_run.cell}: layer {change['layer']} stored as {change['to']} from step "
+                           f"{change['step']} (sparsity {change['sparsity']:.3f})")
+            self.switches_shown = len(self.updater.switches)
+        if len(self.losses) % 10 == 0:
+            self.bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+        self.bar.update()
+
+    def finish(self) -> Trained:
+        self.between()
+        self.curve.finish(len(self.losses), self.seconds, self.slice_accuracy)
+        self.bar.close()
+        cell_run, run = self.cell_run, self.run
+        if not self.losses:
+            raise RuntimeError(f"{cell_run.cell}: the training loop ran no step")
+        losses = torch.stack(self.losses).float().cpu()
+        if not torch.isfinite(losses).all():
+            raise FloatingPointError(f"{cell_run.cell}: training loss became non-finite "
+                                     f"at step {int((~torch.isfinite(losses)).nonzero()[0])}")
+        return Trained(run.model, run.optimizer, losses, self.seconds, run.batches.batch_size,
+                       self.curve.document(len(self.rows)), self.updater.report() if self.updater is not None else None,
+                       self.step_seconds)

@@ -138,6 +138,15 @@ def test_nearest_class_prefers_cpu_arch_then_variant_vendor_threads_torch():
 
 # --- update_baselines -----------------------------------------------------------------------------------------
 
+def test_update_keeps_each_runs_time_interval(tmp_path):
+    ci = [{"low": 1.4 + i / 100, "high": 1.6, "confidence": 0.95, "pairs": 30} for i in range(3)]
+    runs = [write_run(tmp_path / f"run{i}", time_ratio_interval=ci[i]) for i in range(3)]
+    update_baselines(runs, tmp_path / "b", "ci", expected_cells=run_cells())
+    doc = read(ci_baseline_path(tmp_path / "b", "cnn", "block4x4-0.5-bsr"))
+    assert doc["metrics"]["time_ratio_vs_dense"]["intervals"] == ci
+    load_baseline(ci_baseline_path(tmp_path / "b", "cnn", "block4x4-0.5-bsr"))  # and it still reads
+
+
 def test_update_writes_median_and_tolerance_from_runs(tmp_path):
     runs = [write_run(tmp_path / f"run{i}", accuracy=a) for i, a in enumerate((0.60, 0.62, 0.61))]
     lines = update_baselines(runs, tmp_path / "b", "ci", expected_cells=run_cells())
@@ -145,7 +154,8 @@ def test_update_writes_median_and_tolerance_from_runs(tmp_path):
     assert doc["scheme"] == "block:4x4:0.5@bsr" and doc["budget"] == "ci" and doc["made_from"]["runs"] == 3
     assert doc["machine_class"] == MACHINE_CLASS
     assert doc["metrics"]["accuracy"] == {"value": 0.61, "tolerance": pytest.approx(0.06), "better": "higher"}
-    assert doc["metrics"]["time_ratio_vs_dense"] == {"value": 1.5, "tolerance": 0.375, "better": "lower"}
+    assert doc["metrics"]["time_ratio_vs_dense"] == {"value": 1.5, "tolerance": 0.375, "better": "lower",
+                                                     "intervals": []}  # these made-up runs carry none
     assert doc["made_from"]["commit"] == "abc123"
     assert sum(line.startswith("new ") for line in lines) == len(RUN_CELLS)
     assert read(tmp_path / "b" / "ci" / MACHINE_CLASS / "machine.json")["fingerprint"] == make_env()["machine"]

@@ -83,6 +83,38 @@ def test_failure_line_is_one_readable_line():
     assert "3.000 > baseline 2.000 + tol 0.500" in r and "\n" not in r
 
 
+def interval(low, high, pairs=30):
+    return {"low": low, "high": high, "confidence": 0.95, "pairs": pairs}
+
+
+def test_time_fails_only_when_its_whole_interval_is_beyond_tolerance(baselined):
+    """The baseline's time ratio is 1.5 with tolerance 0.375 (25%): a point estimate of 2.0 whose interval
+    reaches back to 1.8 is noise; one whose interval starts at 1.9 is a regression, and says its interval."""
+    _, root = baselined
+    baseline = load_baseline(ci_baseline_path(root, "cnn", "random-0.5-csr"))
+    entry = baseline["metrics"]["time_ratio_vs_dense"]
+    limit = entry["value"] + entry["tolerance"]
+    noisy = make_result("cnn", "random:0.5@csr", time_ratio_vs_dense=limit + 0.1,
+                        time_ratio_interval=interval(limit - 0.05, limit + 0.3))
+    assert check_result(noisy, baseline) == []
+    slow = make_result("cnn", "random:0.5@csr", time_ratio_vs_dense=limit + 0.1,
+                       time_ratio_interval=interval(limit + 0.02, limit + 0.3))
+    [failure] = check_result(slow, baseline)
+    assert failure.metric == "time_ratio_vs_dense"
+    assert f"[95% CI {limit + 0.02:.3f}-{limit + 0.3:.3f}]" in str(failure)
+
+
+def test_masked_reading_faster_than_dense_is_a_measurement_fault(baselined, tmp_path):
+    _, root = baselined
+    run = write_run(tmp_path / "new")
+    write_run(run, [("cnn", "dense")], time_ratio_vs_dense=0.8, time_ratio_interval=interval(0.75, 0.9))
+    write_run(run, [("cnn", "random:0.5@csr")], time_ratio_vs_dense=0.8, time_ratio_interval=interval(0.75, 0.9))
+    report = gate_run(run, root)
+    faults = [line for line in report.lines() if line.startswith("FAULT")]
+    assert len(faults) == 1 and "cnn dense" in faults[0] and "measurement fault" in faults[0]
+    assert report.ok  # said, not failed: a csr layer may well be faster than dense
+
+
 # --- check_dir ------------------------------------------------------------------------------------------------
 
 def test_gate_lists_all_failing_cells(baselined, tmp_path):

@@ -118,7 +118,7 @@ SMALL, BIG = "2 x d64 transformer, 256 tokens", "6 x d512 transformer, 256 token
 
 def _row(rep="bsr_cpp", speedup=2.4, peak=0.71, pattern="block:16x16:0.9", size="reference", model=BIG):
     return {"arch": "transformer", "pattern": P(pattern), "size": size, "rep": rep, "speedup": speedup,
-            "peak_ratio": peak, "model": model, "batch_size": 16, "speedup_range": (2.2, 2.5, 3)}
+            "peak_ratio": peak, "model": model, "batch_size": 16, "speedup_interval": (2.2, 2.5, 3)}
 
 
 def _accuracy(model=SMALL, budget="ci", training="batch 32, 400 steps"):
@@ -128,8 +128,8 @@ def _accuracy(model=SMALL, budget="ci", training="batch 32, 400 steps"):
 def test_a_sentence_names_the_model_of_every_number_and_says_when_they_differ():
     text = analysis.sentence(_row(), _accuracy())
     assert text == ("block 16x16 at 90% (bsr_cpp) trains 2.40x faster than dense per step at the reference size "
-                    "(6 x d512 transformer, 256 tokens, batch 16; median of 3 interleaved steps, per-step "
-                    "speed-up 2.20x to 2.50x) "
+                    "(6 x d512 transformer, 256 tokens, batch 16; median of 3 interleaved steps, 95% CI "
+                    "2.20x to 2.50x) "
                     "and uses 0.71x dense's peak memory; the reference size has no accuracy (it needs the `full` "
                     "budget, on a GPU), but on a smaller model, the ci budget (2 x d64 transformer, 256 tokens, "
                     "batch 32, 400 steps), it costs 1.3 ± 0.4 points of final test accuracy (n=3 seeds).")
@@ -224,8 +224,23 @@ def test_cost_rows_read_the_typed_cost_result():
         "family": "block:4x4", "level": 0.9, "rep": "auto", "speedup": 1 / 1.4, "time_ratio": ok_value()["time_ratio"],
         "peak_ratio": 0.9, "peak": 900, "dense_peak": 1000, "ledger": 400, "dense_ledger": 800,
         "ledger_share": 100 / 400, "size_ratio": 0.6, "inference_speedup": 0.8, "chosen": {"fc1": "csr"},
-        "batch_size": 32, "model": "cnn", "speedup_range": (1.0, 1.0, 2)}  # the same per-step totals
+        "batch_size": 32, "model": "cnn", "speedup_interval": (1.0, 1.0, 2)}  # the same per-step totals
+    # the point's per-step totals are equal, so its interval sits at a ratio of 1 (break-even), its median not
+    at_one = {"kind": "at_or_below", "sparsity": 0.9}
     assert analysis.break_even_table([row]) == {("cnn", "ci", "block:4x4", "auto"): {
-        "kind": "never", "sparsity": 0.9, "levels": 1}}
+        "kind": "never", "sparsity": 0.9, "levels": 1, "interval": (at_one, at_one)}}
     with pytest.raises(ValueError, match="cost/ci/cnn/block4x4-0.9-auto: value: key 'speedup' must be > 0"):
         analysis.cost_rows({doc["key"]: doc | {"value": ok_value(speedup=0)}})
+
+
+def test_break_even_carries_the_interval_of_its_levels():
+    """The break-even of the interval's ends brackets the point's: faster ends cross earlier, slower later."""
+    def row(level, ratio, speedup_lo, speedup_hi):
+        return {"arch": "cnn", "size": "ci", "family": "random", "rep": "csr", "pattern": P(f"random:{level}"),
+                "level": level, "time_ratio": {"total": ratio}, "speedup_interval": (speedup_lo, speedup_hi, 9)}
+
+    (entry,) = analysis.break_even_table([row(0.5, 1.2, 0.7, 0.9), row(0.9, 0.8, 1.1, 1.4)]).values()
+    early, late = entry["interval"]
+    assert entry["kind"] == early["kind"] == late["kind"] == "interpolated"
+    assert early["sparsity"] < entry["sparsity"] < late["sparsity"]
+    assert math.isclose(entry["sparsity"], 0.7)

@@ -25,6 +25,7 @@ from collections import defaultdict
 from ..curves import check_curve, final_accuracy, time_to_accuracy
 from ..patterns import Pattern, parse_pattern
 from ..schemes import parse_scheme
+from ..timing import ratio_interval
 from .cost_result import CostResult
 
 TARGET_DROPS = (1.0, 3.0)  # time-to-accuracy targets: dense's final curve accuracy minus these points
@@ -175,15 +176,19 @@ def cost_rows(docs: dict[str, dict]) -> list[dict]:
             "size_ratio": v.model_size_bytes["scheme"] / v.model_size_bytes["dense"],
             "inference_speedup": v.inference["scheme_samples_per_s"] / v.inference["dense_samples_per_s"],
             "chosen": v.representations, "batch_size": v.batch_size, "model": model_label(p["arch"], v.model),
-            "speedup_range": _pair_range(v.time_s["dense"]["totals"], v.time_s["scheme"]["totals"]),
+            "speedup_interval": speedup_interval(v.time_s["dense"]["totals"], v.time_s["scheme"]["totals"]),
         })
     return sorted(rows, key=lambda r: (r["arch"], r["size"], r["family"], r["level"], r["rep"]))
 
 
-def _pair_range(dense: list[float], scheme: list[float]) -> tuple[float, float, int]:
-    """The lowest and highest per-step speed-up over the interleaved pairs (dense, scheme), and their count."""
-    pairs = [d / t for d, t in zip(dense, scheme, strict=False) if t > 0]
-    return (min(pairs), max(pairs), len(pairs)) if pairs else (float("nan"), float("nan"), 0)
+def speedup_interval(dense: list[float], scheme: list[float]) -> tuple[float, float, int]:
+    """The 95% interval of the speed-up over dense (``timing.ratio_interval`` of the interleaved pairs,
+    inverted) and the pair count; NaNs with fewer than 2 pairs."""
+    try:
+        low, high = ratio_interval(dense, scheme)
+    except ValueError:
+        return float("nan"), float("nan"), len(dense)
+    return 1 / high, 1 / low, len(dense)
 
 
 def break_even(series: list[tuple[float, float]]) -> dict:
@@ -212,12 +217,18 @@ def break_even_text(b: dict) -> str:
 
 
 def break_even_table(rows: list[dict]) -> dict[tuple[str, str, str, str], dict]:
-    """(arch, size, family, rep) -> break_even over that family's levels (families with a level only)."""
+    """(arch, size, family, rep) -> break_even over that family's levels (families with a level only), with
+    ``interval``: the break-evens of the time ratios' 95% interval ends (the lower end of each level's
+    interval gives the earliest break-even, the upper end the latest)."""
     series: dict[tuple, list] = defaultdict(list)
     for r in rows:
         if r["pattern"].level is not None:
-            series[(r["arch"], r["size"], r["family"], r["rep"])].append((r["level"], r["time_ratio"]["total"]))
-    return {key: break_even(s) | {"levels": len(s)} for key, s in series.items()}
+            lo, hi, _ = r["speedup_interval"]
+            series[(r["arch"], r["size"], r["family"], r["rep"])].append((r["level"], r["time_ratio"]["total"],
+                                                                           1 / hi, 1 / lo))
+    return {key: break_even([(lvl, t) for lvl, t, _, _ in s]) | {"levels": len(s), "interval": (
+        break_even([(lvl, t) for lvl, _, t, _ in s]), break_even([(lvl, t) for lvl, _, _, t in s]))}
+        for key, s in series.items()}
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -280,10 +291,10 @@ def time_to_accuracy_text(entry: dict | None, drop: float = TARGET_DROPS[0]) -> 
 def sentence(row: dict, accuracy: dict | None, tta: dict | None = None) -> str:
     """One row of cost at one size, with the accuracy of the same pattern, each number naming the model
     and budget it was measured on; accuracy measured on another model than the one timed says so."""
-    s, (lo, hi, n) = row["speedup"], row["speedup_range"]
+    s, (lo, hi, n) = row["speedup"], row["speedup_interval"]
     speed = f"trains {s:.2f}x faster than dense" if s >= 1 else f"trains {1 / s:.2f}x slower than dense"
     text = (f"{describe_pattern(row['pattern'])} ({row['rep']}) {speed} per step at the {row['size']} size "
-            f"({row['model']}, batch {row['batch_size']}; median of {n} interleaved steps, per-step speed-up "
+            f"({row['model']}, batch {row['batch_size']}; median of {n} interleaved steps, 95% CI "
             f"{lo:.2f}x to {hi:.2f}x) and uses {row['peak_ratio']:.2f}x dense's peak memory")
     if not accuracy or accuracy.get("delta") is None:
         return text + "; no accuracy was measured for it."

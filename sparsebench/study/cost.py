@@ -26,7 +26,7 @@ from ..measure import environment, peak_memory, representations_of, saved_size, 
 from ..representations import RepresentationUnavailable
 from ..schemes import Scheme, parse_scheme
 from ..settings import RunSettings
-from ..timing import timed
+from ..timing import interval_doc, timed
 from ..train import DENSE, Batches, CellRun, make_optimizer
 from .cost_result import CostResult
 
@@ -131,6 +131,7 @@ def measure_cost(arch: str, size: str, scheme: Scheme | str, settings: RunSettin
         batch_size=len(y),
         model=described,
         time_s=times, time_ratio=ratio, speedup=1 / ratio["total"],
+        time_ratio_interval=interval_doc(times["dense"]["totals"], times["scheme"]["totals"]),
         peak_memory_bytes={"dense": dense_peak, "scheme": peak, "method": method},
         peak_ratio=peak / dense_peak,
         ledger=ledger, dense_ledger_total=dense_ledger["total"],

@@ -32,6 +32,8 @@ class CostResult:
     time_s: dict = field_spec("dict")  # per model (dense, scheme): median seconds per phase and total, per-step totals
     time_ratio: dict = field_spec("dict")  # per phase and total: the scheme's median over dense's
     speedup: float = field_spec("number", positive=True)  # 1 / time_ratio["total"]
+    # timing.interval_doc of the per-step totals (dense, scheme): the 95% interval of time_ratio["total"]
+    time_ratio_interval: dict | None = field_spec("dict", optional=True)
     peak_memory_bytes: dict = field_spec("dict")  # dense, scheme, method
     peak_ratio: float = field_spec("number", positive=True)
     ledger: dict = field_spec("dict")  # the scheme model's memory ledger (total, dense_total, ...)
