@@ -1,8 +1,8 @@
 """The regression gate: compare results with the baselines of their machine class (baselines.py).
 
 A result is gated against the class it ran on (its ``env.machine_class``). On a class without
-baselines of its own, the machine-independent metrics are gated against the nearest class and the
-time ratio and peak memory are reported, not gated (``sparsebench continuous`` gates time there, side by
+baselines of its own, the machine-independent metrics and peak memory are gated against the nearest
+class and the time ratio is reported, not gated (``sparsebench continuous`` gates time there, side by
 side with an earlier commit). A cell fails a metric when it is worse than the value by more than the
 tolerance; the time ratio, which carries a confidence interval, only when the whole interval lies beyond
 it. A run fails when it lost a cell it was asked for.
@@ -27,8 +27,10 @@ from .baselines import (
 from .cell import Cell
 from .results import Result, is_finite, scan_results
 
-# what does not depend on the machine, so is gated against another class's baselines too
-MACHINE_INDEPENDENT = ("accuracy", "realised_sparsity", "model_size_bytes", "ledger_bytes")
+# what does not depend on the machine, so is gated against another class's baselines too. Peak memory
+# (memray's peak heap) came out equal to 0.01 MiB on AMD EPYC 25-17 and Intel Xeon 6-207 in every grid cell
+# whose code had not changed between the two runs, so it is gated across classes with its own tolerance.
+MACHINE_INDEPENDENT = ("accuracy", "realised_sparsity", "model_size_bytes", "ledger_bytes", "peak_memory_bytes")
 # accuracy moves between machines (thread scheduling, BLAS kernels); absolute, in accuracy units
 CROSS_MACHINE_ACCURACY_TOLERANCE = 0.03
 
@@ -162,9 +164,10 @@ def gating_plan(machine_class: str | None, fp: dict, baselines_root: str | os.Pa
     if against is None:
         return None, MACHINE_INDEPENDENT, None
     return against, MACHINE_INDEPENDENT, (
-        f"machine class {machine_class} has no baselines: time ratio and peak memory are reported, not gated; "
-        f"accuracy (tolerance >= {CROSS_MACHINE_ACCURACY_TOLERANCE}), realised sparsity, model size and ledger "
-        f"are gated against the nearest class {against}; add this machine with "
+        f"machine class {machine_class} has no baselines: the time ratio is reported, not gated here (`nox -s "
+        f"continuous` gates it side by side); accuracy (tolerance >= {CROSS_MACHINE_ACCURACY_TOLERANCE}), peak "
+        f"memory, realised sparsity, model size and ledger are gated against the nearest class {against}; add "
+        f"this machine with "
         f"`{update_command(budget, results_dir)}`")
 
 
