@@ -128,7 +128,7 @@ def _accuracy(model=SMALL, budget="ci", training="batch 32, 400 steps"):
 def test_a_sentence_names_the_model_of_every_number_and_says_when_they_differ():
     text = analysis.sentence(_row(), _accuracy())
     assert text == ("block 16x16 at 90% (bsr_cpp) trains 2.40x faster than dense per step at the reference size "
-                    "(6 x d512 transformer, 256 tokens, batch 16; median of 3 interleaved steps, 95% CI "
+                    "(6 x d512 transformer, 256 tokens, batch 16; median of 3 interleaved steps, speed-up 95% CI "
                     "2.20x to 2.50x) "
                     "and uses 0.71x dense's peak memory; the reference size has no accuracy (it needs the `full` "
                     "budget, on a GPU), but on a smaller model, the ci budget (2 x d64 transformer, 256 tokens, "

@@ -294,7 +294,7 @@ def sentence(row: dict, accuracy: dict | None, tta: dict | None = None) -> str:
     s, (lo, hi, n) = row["speedup"], row["speedup_interval"]
     speed = f"trains {s:.2f}x faster than dense" if s >= 1 else f"trains {1 / s:.2f}x slower than dense"
     text = (f"{describe_pattern(row['pattern'])} ({row['rep']}) {speed} per step at the {row['size']} size "
-            f"({row['model']}, batch {row['batch_size']}; median of {n} interleaved steps, 95% CI "
+            f"({row['model']}, batch {row['batch_size']}; median of {n} interleaved steps, speed-up 95% CI "
             f"{lo:.2f}x to {hi:.2f}x) and uses {row['peak_ratio']:.2f}x dense's peak memory")
     if not accuracy or accuracy.get("delta") is None:
         return text + "; no accuracy was measured for it."
