@@ -54,8 +54,9 @@ class Side:
         return self.commit[:12] if self.commit != "working tree" else self.commit
 
     def environment(self) -> dict[str, str]:
+        # the side's own sparsebench comes from its tree: its processes run there (cwd), and `python -m` and
+        # `python -c` put the working directory first on sys.path (check_imports proves it)
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(self.tree), *filter(None, [os.environ.get("PYTHONPATH")])])
         if self.commit != "working tree":
             env["SPARSEBENCH_COMMIT"] = self.commit[:12]  # an exported tree has no .git to ask
         else:

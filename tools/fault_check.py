@@ -233,10 +233,10 @@ FAULTS = [
           "ok = low <= 1 + TIME_TOLERANCE",
           "ok = True",
           ("tests/test_continuous.py",)),
-    Fault("a side of the side-by-side run imports another tree's sparsebench",
+    Fault("a side's cells run from the caller's directory, not the side's own tree",
           "sparsebench/continuous.py",
-          "env[\"PYTHONPATH\"] = os.pathsep.join([str(self.tree), *filter(None, [os.environ.get(\"PYTHONPATH\")])])",
-          "env[\"PYTHONPATH\"] = os.pathsep.join(filter(None, [os.environ.get(\"PYTHONPATH\")]))",
+          "done = subprocess.run(command, env=side.environment(), cwd=side.tree, capture_output=True, text=True)",
+          "done = subprocess.run(command, env=side.environment(), cwd=Path.cwd(), capture_output=True, text=True)",
           ("tests/test_continuous.py",)),
 
 ]
