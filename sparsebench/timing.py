@@ -53,10 +53,8 @@ def ratio_interval(reference_times: Sequence[float], candidate_times: Sequence[f
     """A ``confidence`` interval of ``time_ratio`` from interleaved pairs: the percentile bootstrap over
     pairs (the i-th reference and candidate step ran back to back, so a pair is resampled whole and
     the machine's drift stays paired). Seeded, so the same times give the same interval."""
-    ref, cand = _pairs(reference_times, candidate_times)
-    idx = np.random.default_rng(seed).integers(0, len(ref), size=(resamples, len(ref)))
-    ratios = np.median(cand[idx], axis=1) / np.median(ref[idx], axis=1)
-    return _percentiles(ratios, confidence)
+    return _percentiles(_resampled_ratios(reference_times, candidate_times, np.random.default_rng(seed), resamples),
+                        confidence)
 
 
 def interval_doc(reference_times: Sequence[float], candidate_times: Sequence[float]) -> dict:
@@ -71,13 +69,16 @@ def change_interval(base: tuple[Sequence[float], Sequence[float]], head: tuple[S
     (reference, candidate) pairs, resampled independently (two processes, two runs): above 1 the head
     is slower against its reference than the base was against its own."""
     rng = np.random.default_rng(seed)
+    head_ratios = _resampled_ratios(*head, rng, resamples)
+    return _percentiles(head_ratios / _resampled_ratios(*base, rng, resamples), confidence)
 
-    def boot(ref, cand):
-        ref, cand = _pairs(ref, cand)
-        idx = rng.integers(0, len(ref), size=(resamples, len(ref)))
-        return np.median(cand[idx], axis=1) / np.median(ref[idx], axis=1)
 
-    return _percentiles(boot(*head) / boot(*base), confidence)
+def _resampled_ratios(reference_times, candidate_times, rng, resamples: int) -> np.ndarray:
+    """``resamples`` bootstrap replicates of the median ratio, each pair resampled whole."""
+    ref, cand = _pairs(reference_times, candidate_times)
+    idx = rng.integers(0, len(ref), size=(resamples, len(ref)))
+    ratios = np.median(cand[idx], axis=1) / np.median(ref[idx], axis=1)
+    return ratios
 
 
 def _pairs(reference_times, candidate_times) -> tuple[np.ndarray, np.ndarray]:
