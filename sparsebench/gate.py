@@ -68,11 +68,19 @@ def interval_of(result: Result) -> tuple[float, float] | None:
     return (ci["low"], ci["high"]) if ci else None
 
 
+# How far below 1 a masked cell's whole interval must lie to be a fault. An interval covers the noise
+# within its process, not a bias shared by its pairs (the cache state, which model stepped first): in the
+# A/A grid runs (docs/time-gate.md) dense timed against itself read 2% faster, its interval ending below 1.
+# A bias of a few percent is far inside every time tolerance; a masked cell once read 1.24x faster.
+FAULT_BIAS = 0.05
+
+
 def measurement_fault(result: Result) -> str | None:
     """A ``masked`` scheme (dense's own included) does dense's arithmetic and more, so it cannot train faster
-    than dense; one that reads faster beyond its interval says the timing, not the code, went wrong."""
+    than dense; one that reads faster beyond its interval and the pairs' bias says the timing, not the code,
+    went wrong."""
     ci = interval_of(result)
-    if not result.ok or ci is None or result.representation != "masked" or ci[1] >= 1.0:
+    if not result.ok or ci is None or result.representation != "masked" or ci[1] >= 1.0 - FAULT_BIAS:
         return None
     return (f"{result.cell} time_ratio_vs_dense {result.time_ratio_vs_dense:.3f} [95% CI {ci[0]:.3f}-{ci[1]:.3f}] "
             f"reads faster than dense beyond its interval, which its arithmetic cannot be: a measurement fault "

@@ -60,9 +60,10 @@ def test_tolerance_rule_floors_and_spread():
     assert tolerance_rule("peak_memory_bytes", [100 * MiB, 110 * MiB]) == pytest.approx(30 * MiB)
     assert tolerance_rule("model_size_bytes", [10 * MiB]) == pytest.approx(0.1 * MiB)
     assert tolerance_rule("model_size_bytes", [10_000]) == 1024
-    assert tolerance_rule("time_ratio_vs_dense", [2.0]) == pytest.approx(0.5)
-    assert tolerance_rule("time_ratio_vs_dense", [1.8, 2.0, 2.2]) == pytest.approx(0.8)  # capped at 40% of 2.0
-    assert tolerance_rule("time_ratio_vs_dense", [1.95, 2.0, 2.15]) == pytest.approx(0.6)
+    assert tolerance_rule("time_ratio_vs_dense", [2.0]) == pytest.approx(0.3)
+    assert tolerance_rule("time_ratio_vs_dense", [1.7, 2.0, 2.2]) == pytest.approx(0.8)  # capped at 40% of 2.0
+    assert tolerance_rule("time_ratio_vs_dense", [1.95, 2.0, 2.15]) == pytest.approx(0.4)  # 2 x spread 0.2
+    assert tolerance_rule("accuracy", [0.60, 0.64]) == pytest.approx(0.12)  # every other metric: 3 x spread
 
 
 def test_tolerance_rule_keeps_a_1_5x_slowdown_failing():
@@ -154,7 +155,7 @@ def test_update_writes_median_and_tolerance_from_runs(tmp_path):
     assert doc["scheme"] == "block:4x4:0.5@bsr" and doc["budget"] == "ci" and doc["made_from"]["runs"] == 3
     assert doc["machine_class"] == MACHINE_CLASS
     assert doc["metrics"]["accuracy"] == {"value": 0.61, "tolerance": pytest.approx(0.06), "better": "higher"}
-    assert doc["metrics"]["time_ratio_vs_dense"] == {"value": 1.5, "tolerance": 0.375, "better": "lower",
+    assert doc["metrics"]["time_ratio_vs_dense"] == {"value": 1.5, "tolerance": 0.225, "better": "lower",
                                                      "intervals": []}  # these made-up runs carry none
     assert doc["made_from"]["commit"] == "abc123"
     assert sum(line.startswith("new ") for line in lines) == len(RUN_CELLS)

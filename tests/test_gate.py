@@ -23,7 +23,14 @@ from sparsebench import train
 from sparsebench.baselines import GATED_METRICS, baseline_path, known_classes, load_baseline, update_baselines
 from sparsebench.budgets import BUDGETS, Training
 from sparsebench.cell import Cell, cells
-from sparsebench.gate import CROSS_MACHINE_ACCURACY_TOLERANCE, Failure, check_dir, check_one, check_result
+from sparsebench.gate import (
+    CROSS_MACHINE_ACCURACY_TOLERANCE,
+    FAULT_BIAS,
+    Failure,
+    check_dir,
+    check_one,
+    check_result,
+)
 from sparsebench.grid import run_one
 from sparsebench.representations import csr, masked
 from sparsebench.results import MiB, Result, write_result
@@ -88,7 +95,7 @@ def interval(low, high, pairs=30):
 
 
 def test_time_fails_only_when_its_whole_interval_is_beyond_tolerance(baselined):
-    """The baseline's time ratio is 1.5 with tolerance 0.375 (25%): a point estimate of 2.0 whose interval
+    """The baseline's time ratio is 1.5 with tolerance 0.225 (15%): a point estimate of 2.0 whose interval
     reaches back to 1.8 is noise; one whose interval starts at 1.9 is a regression, and says its interval."""
     _, root = baselined
     baseline = load_baseline(ci_baseline_path(root, "cnn", "random-0.5-csr"))
@@ -113,6 +120,17 @@ def test_masked_reading_faster_than_dense_is_a_measurement_fault(baselined, tmp_
     faults = [line for line in report.lines() if line.startswith("FAULT")]
     assert len(faults) == 1 and "cnn dense" in faults[0] and "measurement fault" in faults[0]
     assert report.ok  # said, not failed: a csr layer may well be faster than dense
+
+
+def test_a_masked_bias_smaller_than_the_pairs_bias_is_no_fault(baselined, tmp_path):
+    _, root = baselined
+    run = write_run(tmp_path / "new")
+    below = 1 - FAULT_BIAS
+    write_run(run, [("cnn", "dense")], time_ratio_vs_dense=below + 0.02, time_ratio_interval=interval(below, below + 0.04))
+    write_run(run, [("transformer", "dense")], time_ratio_vs_dense=below - 0.02,
+              time_ratio_interval=interval(below - 0.04, below - 0.005))
+    faults = [line for line in gate_run(run, root).lines() if line.startswith("FAULT")]
+    assert len(faults) == 1 and "transformer dense" in faults[0]
 
 
 # --- check_dir ------------------------------------------------------------------------------------------------

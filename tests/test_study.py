@@ -194,6 +194,29 @@ def test_unusable_documents_are_named_and_measured_again(tiny_data_dir, tmp_path
         assert _tiny(out, tiny_data_dir, "--quiet") == 0  # repaired for the next case
 
 
+def test_an_accuracy_point_ignores_the_timing_pairs_but_not_its_training(tiny_data_dir, tmp_path):
+    """The budget's timing pairs and memory steps shape a grid Result's time ratio and peak, which the study
+    reads from cost points only: an accuracy document made with another count stays usable; a cost document
+    made with another count, or an accuracy document made with other training, does not."""
+    out = tmp_path / "study"
+    assert _tiny(out, tiny_data_dir) == 0
+    acc_doc, cost_doc = out / "accuracy/smoke/cnn/dense-seed0.json", out / "cost/smoke/cnn/block4x4-0.9-bsr_cpp.json"
+
+    def with_budget(path, **changes):
+        doc = json.loads(path.read_text())
+        doc["settings"]["budget"] |= changes
+        path.write_text(json.dumps(doc))
+
+    with_budget(acc_doc, timing_steps=99, memory_steps=7)
+    assert documents.read(acc_doc, _point_of(acc_doc, out))["settings"]["budget"]["timing_steps"] == 99
+    with_budget(acc_doc, seconds=99.0)  # a wall-clock budget trains another model
+    with pytest.raises(documents.Unusable, match="other settings"):
+        documents.read(acc_doc, _point_of(acc_doc, out))
+    with_budget(cost_doc, timing_steps=99)
+    with pytest.raises(documents.Unusable, match="other settings"):
+        documents.read(cost_doc, _point_of(cost_doc, out))
+
+
 def _point_of(path, out):
     sweep = Sweep(archs=("cnn",), families=("block:4x4",), levels=(0.9,), fixed=(), representations=("bsr_cpp",),
                   budget="smoke", sizes=("smoke",))

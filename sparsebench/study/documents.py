@@ -45,6 +45,20 @@ def point_settings(point) -> dict:
     return _plain(out)
 
 
+# An accuracy point's numbers are its trained model's (accuracy, curve, training seconds); the budget's
+# timing pairs and memory steps shape only the Result's time ratio and peak, which the study takes from
+# cost points. A document made with another count of those is still this point's.
+_NOT_ACCURACY_SETTINGS = ("timing_steps", "memory_steps")
+
+
+def deciding_settings(settings: dict, kind: str) -> dict:
+    """The part of a point's ``settings`` that decides the numbers the study reads from it."""
+    if kind != "accuracy" or not isinstance(settings, dict) or not isinstance(settings.get("budget"), dict):
+        return settings
+    budget = {k: v for k, v in settings["budget"].items() if k not in _NOT_ACCURACY_SETTINGS}
+    return settings | {"budget": budget}
+
+
 def make_document(point, value: dict | CostResult) -> dict:
     """The document for ``point`` from its task's return value (a CostResult for a cost point)."""
     if isinstance(value, CostResult):
@@ -66,7 +80,7 @@ def check(doc, point) -> dict:
         raise Unusable(f"study_schema is {doc.get('study_schema')!r}, this sparsebench writes {STUDY_SCHEMA}")
     if doc.get("key") != point.key or doc.get("point") != _plain(point.describe()):
         raise Unusable(f"it describes another point ({doc.get('key')!r})")
-    if doc.get("settings") != point_settings(point):
+    if deciding_settings(doc.get("settings"), point.kind) != deciding_settings(point_settings(point), point.kind):
         raise Unusable("it was made with other settings (budget, model size or measurement)")
     if doc.get("status") not in POINT_STATUSES:
         raise Unusable(f"status is {doc.get('status')!r}, not one of {', '.join(POINT_STATUSES)}")
