@@ -126,7 +126,8 @@ def test_a_masked_bias_smaller_than_the_pairs_bias_is_no_fault(baselined, tmp_pa
     _, root = baselined
     run = write_run(tmp_path / "new")
     below = 1 - FAULT_BIAS
-    write_run(run, [("cnn", "dense")], time_ratio_vs_dense=below + 0.02, time_ratio_interval=interval(below, below + 0.04))
+    write_run(run, [("cnn", "dense")], time_ratio_vs_dense=below + 0.02,
+              time_ratio_interval=interval(below, below + 0.04))
     write_run(run, [("transformer", "dense")], time_ratio_vs_dense=below - 0.02,
               time_ratio_interval=interval(below - 0.04, below - 0.005))
     faults = [line for line in gate_run(run, root).lines() if line.startswith("FAULT")]

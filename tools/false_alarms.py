@@ -27,7 +27,8 @@ GRID_RUNS = ROOT / "results" / "grid-runs"
 FLOORS = (0.05, 0.10, 0.15, 0.20, 0.25)  # candidate floors of the stored-baseline time tolerance
 MULTIPLES = (1.0, 1.5, 2.0, 3.0)  # candidate multiples of the runs' spread in it
 SLOWDOWN = ROOT / "results" / "slowdown"  # a side-by-side run with kernels made slower (inject_slowdown.py)
-OTHER_RUNS = ROOT / "results" / "grid-other"  # runs of the same code from other sessions, gated against all of GRID_RUNS
+# runs of the same code from other sessions, gated against all of GRID_RUNS
+OTHER_RUNS = ROOT / "results" / "grid-other"
 
 
 def run(i: int, args: list[str]) -> None:
@@ -97,14 +98,15 @@ def describe_other(d: Path) -> str:
     found = scan_results(d)
     commits = sorted({r.env.get("commit") for _, r in found if not isinstance(r, ValueError)})
     when = max(p.stat().st_mtime for p, _ in found)
-    return f"a run of commit {', '.join(commits)} made {datetime.datetime.fromtimestamp(when, datetime.UTC):%Y-%m-%d %H:%M} UTC"
+    made = datetime.datetime.fromtimestamp(when, datetime.UTC)
+    return f"a run of commit {', '.join(commits)} made {made:%Y-%m-%d %H:%M} UTC"
 
 
 def stored(command: str) -> list[str]:
     """Leave one out over the grid runs: each run gated against baselines made from the others."""
     import tempfile
 
-    from sparsebench.baselines import load_baseline, baseline_path, update_baselines
+    from sparsebench.baselines import baseline_path, load_baseline, update_baselines
     from sparsebench.gate import check_dir
     from sparsebench.results import scan_results
 
@@ -133,9 +135,7 @@ def stored(command: str) -> list[str]:
                     f"x{r.time_ratio_vs_dense / value:.3f} [{ci['low'] / value:.3f}-{ci['high'] / value:.3f}]")
                 if r.representation == "masked":  # dense's arithmetic: what the measurement-fault rule reads
                     masked.append((r.time_ratio_vs_dense, ci["high"], f"{d.name} {r.cell}"))
-    from sparsebench.baselines import _TOLERANCE_FLOORS
-
-    from sparsebench.baselines import _SPREAD_MULTIPLE
+    from sparsebench.baselines import _SPREAD_MULTIPLE, _TOLERANCE_FLOORS
 
     _, floor_now, time_cap = _TOLERANCE_FLOORS["time_ratio_vs_dense"]
     k_now = _SPREAD_MULTIPLE.get("time_ratio_vs_dense", 3.0)
@@ -157,7 +157,7 @@ def stored(command: str) -> list[str]:
         f"--results-dir results/grid-runs/run<i>` (not committed); this section rewritten by `{command}`.", "",
         f"Leave one out: each run gated by `gate.check_dir` against baselines that `update_baselines` made from "
         f"the other {len(dirs) - 1} runs; budget {budget}, machine class {machine_class}, "
-        f"{len({r.env.get('commit') for rs in results.values() for r in rs})} commit(s)."
+        f"commit {', '.join(sorted({str(r.env.get('commit')) for rs in results.values() for r in rs}))}."
         + ("".join(f" `{d.name}`: {describe_other(d)}, gated against baselines from all {len(dirs)} runs."
                    for d in other)), "",
         "Each entry: the run's time ratio against dense over the baseline's value, and its 95% interval over "
