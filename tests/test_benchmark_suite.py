@@ -14,7 +14,10 @@ def test_each_training_step_is_a_round_and_runs_are_saved_per_machine_class(tiny
     from sparsebench.machine import this_machine
     from sparsebench.measure import kernel_variant
 
-    env = {**os.environ, "SPARSEBENCH_DATA_DIR": str(tiny_data_dir), "PYTHONPATH": str(ROOT)}
+    # the child is a pytest of its own: an inherited PYTEST_XDIST_WORKER (this suite under -n) would make
+    # pytest-benchmark disable itself there
+    parent = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env = {**parent, "SPARSEBENCH_DATA_DIR": str(tiny_data_dir), "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-m", "pytest", str(ROOT / "benchmarks" / "test_grid.py"), "--budget", "smoke", "--no-gate",
          "-k", "cnn-random-0.5-csr", "--results-dir", str(tmp_path / "results"), "--benchmark-autosave",
