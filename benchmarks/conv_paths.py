@@ -74,11 +74,11 @@ def measure(layer: str, batch: int, scheme: str, steps: int) -> dict:
     for _ in range(steps):  # round robin: the machine's drift falls on every path alike
         for name, fn in runs.items():
             times[name].append(timed(fn))
-    row = {"layer": layer, "batch": batch, "scheme": scheme,
-           "dense_ms": 1e3 * sorted(times["dense"])[steps // 2]}
-    for p in conv_paths.PATHS:
+    row = {"layer": layer, "batch": batch, "scheme": scheme, "dense_ms": 1e3 * sorted(times["dense"])[steps // 2],
+           "speedup": {}}
+    for p in conv_paths.PATHS:  # speed-up and its interval: the time ratio's, inverted
         lo, hi = ratio_interval(times["dense"], times[p])
-        row[p] = (1 / time_ratio(times["dense"], times[p]), 1 / hi, 1 / lo)
+        row["speedup"][p] = (1 / time_ratio(times["dense"], times[p]), 1 / hi, 1 / lo)
     conv_paths._memory.clear()
     sparse()  # unforced: the measured choice (a temporary cache, so it is measured here)
     row["chosen"] = next(iter(conv_paths._memory.values()))
@@ -110,7 +110,8 @@ def report(rows: list[dict], command: str) -> str:
         "| --- | ---: | --- | ---: | --- | --- | --- | --- |",
     ]
     for r in rows:
-        cells = [f"{r[p][0]:.2f}x [{r[p][1]:.2f}-{r[p][2]:.2f}]" for p in conv_paths.PATHS]
+        cells = [f"{r['speedup'][p][0]:.2f}x [{r['speedup'][p][1]:.2f}-{r['speedup'][p][2]:.2f}]"
+                 for p in conv_paths.PATHS]
         lines.append(f"| {r['layer']} | {r['batch']} | `{r['scheme']}` | {r['dense_ms']:.2f} | "
                      + " | ".join(cells) + f" | {r['chosen']} |")
     return "\n".join(lines) + "\n"
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
                     row = measure(layer, batch, scheme, args.steps)
                     rows.append(row)
                     print(f"{layer:18s} b{batch:<3d} {scheme:24s} dense {row['dense_ms']:7.2f} ms  "
-                          + "  ".join(f"{p} {row[p][0]:.2f}x" for p in conv_paths.PATHS)
+                          + "  ".join(f"{p} {row['speedup'][p][0]:.2f}x" for p in conv_paths.PATHS)
                           + f"  chosen {row['chosen']}", flush=True)
     if args.out:
         command = "python benchmarks/conv_paths.py " + " ".join(argv if argv is not None else sys.argv[1:])
