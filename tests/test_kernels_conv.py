@@ -1,5 +1,5 @@
-"""Property tests: the direct sparse convolution ops (``sparse_linear::sparse_conv2d`` and its
-backward) against torch's dense convolution with the same kept weights, in forward output, input
+"""Property tests: the direct sparse convolution ops (``sparse_linear::sparse_conv2d``, ``sparse_conv2d_width``
+and their backward) against torch's dense convolution with the same kept weights, in forward output, input
 gradient, weight gradient at kept positions and bias gradient; opcheck on each op.
 
 Run once per kernel variant the CPU supports (``nox -s tests``, SPARSEBENCH_CPU_ISA).
@@ -59,7 +59,7 @@ def tol(k: int):
 
 
 def check_conv(n, in_ch, out_ch, hw, kernel, stride, padding, block, sparsity, seed, with_bias=True,
-               channels_last=False, index_dtype=torch.int64, empty_groups=()):
+               channels_last=False, index_dtype=torch.int64, empty_groups=(), vectorize="batch"):
     W, keep, values, row_ptr, col = sparse_conv_weight(out_ch, in_ch, kernel, block, sparsity, seed, empty_groups)
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(n, in_ch, *hw, generator=g)
@@ -69,7 +69,7 @@ def check_conv(n, in_ch, out_ch, hw, kernel, stride, padding, block, sparsity, s
     xs, vs = x.clone().requires_grad_(), values.clone().requires_grad_()
     bs = bias.clone().requires_grad_() if with_bias else None
     y = kernels.sparse_conv2d(xs, vs, row_ptr.to(index_dtype), col.to(index_dtype), block, kernel, stride, padding,
-                              bias=bs)
+                              bias=bs, vectorize=vectorize)
     xr, Wr = x.clone().requires_grad_(), W.clone().requires_grad_()
     br = bias.clone().requires_grad_() if with_bias else None
     y_ref = F.conv2d(xr, Wr, br, stride=stride, padding=padding)
@@ -93,16 +93,33 @@ def check_conv(n, in_ch, out_ch, hw, kernel, stride, padding, block, sparsity, s
        padding=st.sampled_from([(0, 0), (1, 1), (2, 0), (2, 2)]),
        block=st.sampled_from([(1, 1), (4, 1), (4, 3), (8, 9), (2, 1), (1, 3)]),
        sparsity=st.sampled_from([0.0, 0.5, 0.9, 1.0]), seed=st.integers(0, 10_000), with_bias=st.booleans(),
-       channels_last=st.booleans())
+       channels_last=st.booleans(), vectorize=st.sampled_from(["batch", "width"]))
 def test_matches_dense_conv_with_kept_weights(n, in_ch, groups, hw, kernel, stride, padding, block, sparsity, seed,
-                                              with_bias, channels_last):
+                                              with_bias, channels_last, vectorize):
     R, C = block
     cols = in_ch * kernel[0] * kernel[1]
     if cols % C:
         C = 1
     if hw[0] + 2 * padding[0] < kernel[0] or hw[1] + 2 * padding[1] < kernel[1]:
         hw = (kernel[0], kernel[1])
-    check_conv(n, in_ch, groups * R, hw, kernel, stride, padding, (R, C), sparsity, seed, with_bias, channels_last)
+    check_conv(n, in_ch, groups * R, hw, kernel, stride, padding, (R, C), sparsity, seed, with_bias, channels_last,
+               vectorize=vectorize)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 3), in_ch=st.sampled_from([1, 3, 4]), groups=st.integers(1, 3),
+       hw=st.tuples(st.integers(1, 40), st.integers(1, 40)),
+       kernel=st.sampled_from([(1, 1), (3, 3), (5, 5), (3, 1)]), stride=st.sampled_from([(1, 1), (2, 2), (1, 3)]),
+       padding=st.sampled_from([(0, 0), (1, 1), (2, 2)]), block=st.sampled_from([(1, 1), (4, 1), (4, 3)]),
+       sparsity=st.sampled_from([0.0, 0.5, 0.9]), seed=st.integers(0, 10_000))
+def test_width_kernels_on_long_rows(n, in_ch, groups, hw, kernel, stride, padding, block, sparsity, seed):
+    """The width path's own edge: rows longer than a vector, ending mid-vector, at every stride."""
+    R, C = block
+    if (in_ch * kernel[0] * kernel[1]) % C:
+        C = 1
+    if hw[0] + 2 * padding[0] < kernel[0] or hw[1] + 2 * padding[1] < kernel[1]:
+        hw = (kernel[0], kernel[1])
+    check_conv(n, in_ch, groups * R, hw, kernel, stride, padding, (R, C), sparsity, seed, vectorize="width")
 
 
 @pytest.mark.parametrize("block", [(1, 1), (4, 4), (16, 16)])
@@ -112,14 +129,24 @@ def test_seed_cnn_and_resnet_shapes(block, stride):
     check_conv(64, 16, 32, (16, 16), (3, 3), (stride, stride), (1, 1), block, 0.9, seed=3)
 
 
+@pytest.mark.parametrize("block", [(1, 1), (4, 4), (16, 16)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_width_path_at_cifar_resnet_shapes(block, stride):
+    """A CIFAR ResNet's first stage (32x32, 16 channels) at a small batch, where the width path serves."""
+    check_conv(2, 16, 32, (32, 32), (3, 3), (stride, stride), (1, 1), block, 0.9, seed=4, vectorize="width")
+
+
 @pytest.mark.parametrize("index_dtype", [torch.int16, torch.int32, torch.int64])
-def test_index_dtypes(index_dtype):
-    check_conv(5, 3, 8, (6, 6), (3, 3), (1, 1), (1, 1), (1, 1), 0.5, seed=1, index_dtype=index_dtype)
+@pytest.mark.parametrize("vectorize", ["batch", "width"])
+def test_index_dtypes(index_dtype, vectorize):
+    check_conv(5, 3, 8, (6, 6), (3, 3), (1, 1), (1, 1), (1, 1), 0.5, seed=1, index_dtype=index_dtype,
+               vectorize=vectorize)
 
 
-def test_empty_rows_and_empty_weight():
-    check_conv(9, 4, 16, (5, 5), (3, 3), (1, 1), (1, 1), (4, 4), 0.3, seed=2, empty_groups=(0, 2))
-    check_conv(9, 4, 16, (5, 5), (3, 3), (2, 2), (1, 1), (1, 1), 1.0, seed=2)  # nothing kept: bias only
+@pytest.mark.parametrize("vectorize", ["batch", "width"])
+def test_empty_rows_and_empty_weight(vectorize):
+    check_conv(9, 4, 16, (5, 5), (3, 3), (1, 1), (1, 1), (4, 4), 0.3, seed=2, empty_groups=(0, 2), vectorize=vectorize)
+    check_conv(9, 4, 16, (5, 5), (3, 3), (2, 2), (1, 1), (1, 1), 1.0, seed=2, vectorize=vectorize)  # bias only
 
 
 def test_rejects_bad_inputs():
@@ -142,6 +169,12 @@ def test_rejects_bad_inputs():
         kernels.sparse_conv2d(x, values, row_ptr, col, **ok, bias=torch.randn(3))
     with pytest.raises(ValueError, match="row_ptr must run from 0"):
         kernels.sparse_conv2d(x, values, row_ptr[:-1], col, **ok)
+    with pytest.raises(ValueError, match="vectorize must be 'batch' or 'width'"):
+        kernels.sparse_conv2d(x, values, row_ptr, col, **ok, vectorize="height")
+    with pytest.raises(ValueError, match="x must be float32"):
+        kernels.sparse_conv2d(x.double(), values, row_ptr, col, **ok, vectorize="width")
+    with pytest.raises(ValueError, match="bias must have shape"):
+        kernels.sparse_conv2d(x, values, row_ptr, col, **ok, bias=torch.randn(3), vectorize="width")
 
 
 def conv_op_cases():
@@ -162,6 +195,16 @@ def conv_op_cases():
                                                                                      *geo, True, True)
         yield f"sparse_conv2d_backward-dx-{tag}", ops.sparse_conv2d_backward.default, (dy, x, values, row_ptr, col,
                                                                                         *geo, True, False)
+        yield f"sparse_conv2d_width-{tag}", ops.sparse_conv2d_width.default, (x.clone().requires_grad_(),
+                                                                              values.clone().requires_grad_(),
+                                                                              bias.clone().requires_grad_(), row_ptr,
+                                                                              col, *geo)
+        yield f"sparse_conv2d_width_forward-{tag}", ops.sparse_conv2d_width_forward.default, (x, values, None,
+                                                                                              row_ptr, col, *geo)
+        yield f"sparse_conv2d_width_backward-{tag}", ops.sparse_conv2d_width_backward.default, (
+            dy, x, values, row_ptr, col, *geo, True, True)
+        yield f"sparse_conv2d_width_backward-dw-{tag}", ops.sparse_conv2d_width_backward.default, (
+            dy, x, values, row_ptr, col, *geo, False, True)
 
 
 @pytest.mark.parametrize("name", [case[0] for case in conv_op_cases()])

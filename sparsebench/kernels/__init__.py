@@ -176,11 +176,17 @@ def csr_sddmm(row_ptr, col, dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ direct sparse convolution
-def sparse_conv2d(x, values, row_ptr, col, block, kernel, stride, padding, bias=None) -> torch.Tensor:
+def sparse_conv2d(x, values, row_ptr, col, block, kernel, stride, padding, bias=None,
+                  vectorize: str = "batch") -> torch.Tensor:
     """``conv2d(x, W) + bias`` for NCHW float32 ``x`` and ``W`` (out, in, kh, kw) stored over its
     (out, in*kh*kw) matrix as CSR (``block`` (1, 1), ``values`` (nnz)) or BSR (``block`` (R, C),
     ``values`` (nnzb, R, C)); ``row_ptr`` and ``col`` any of int16/int32/int64. Computed on the
     kept weights directly (no im2col rows, no dense weight); differentiable in ``x``, ``values``
-    and ``bias``. Zero padding, dilation 1, groups 1."""
+    and ``bias``. Zero padding, dilation 1, groups 1. ``vectorize``: ``"batch"`` (the batch in the
+    vector lanes, output channels-last in memory) or ``"width"`` (the output width in the lanes, for
+    small batches; output NCHW contiguous)."""
+    if vectorize not in ("batch", "width"):
+        raise ValueError(f"vectorize must be 'batch' or 'width', got {vectorize!r}")
     pair = lambda v: [int(v), int(v)] if isinstance(v, int) else [int(a) for a in v]  # noqa: E731
-    return _ops().sparse_conv2d(x, values, bias, row_ptr, col, pair(block), pair(kernel), pair(stride), pair(padding))
+    op = _ops().sparse_conv2d_width if vectorize == "width" else _ops().sparse_conv2d
+    return op(x, values, bias, row_ptr, col, pair(block), pair(kernel), pair(stride), pair(padding))

@@ -17,6 +17,8 @@ Ops (schemas in csrc/ops.cpp; shape, dtype and index checks in C++, raising Valu
   (R, C)) over its (out, in*kh*kw) matrix, differentiable in ``x``, ``values`` and ``bias``; its
   backward is ``sparse_conv2d_backward`` (input and weight gradient from one packing of ``dy``).
   ``sparse_conv2d_forward`` is the same product without autograd.
+* ``sparse_conv2d_width`` (with ``_forward`` and ``_backward``): the same convolution vectorised over
+  the output width instead of the batch (for small batches); output and input gradient NCHW contiguous.
 
 Imported by the loader once the library is loaded (the registrations need the schemas).
 """
@@ -92,6 +94,28 @@ def _(dy, x, values, row_ptr, col, block, kernel, stride, padding, need_x, need_
     return dx, dvalues
 
 
+def _conv_width_out(x, row_ptr, block, kernel, stride, padding):
+    out = _conv_out(x, row_ptr, block, kernel, stride, padding)
+    return torch.empty(out.shape, dtype=x.dtype, device=x.device)  # NCHW contiguous, as the width kernels write
+
+
+@torch.library.register_fake(f"{NS}::sparse_conv2d_width")
+def _(x, values, bias, row_ptr, col, block, kernel, stride, padding):
+    return _conv_width_out(x, row_ptr, block, kernel, stride, padding)
+
+
+@torch.library.register_fake(f"{NS}::sparse_conv2d_width_forward")
+def _(x, values, bias, row_ptr, col, block, kernel, stride, padding):
+    return _conv_width_out(x, row_ptr, block, kernel, stride, padding)
+
+
+@torch.library.register_fake(f"{NS}::sparse_conv2d_width_backward")
+def _(dy, x, values, row_ptr, col, block, kernel, stride, padding, need_x, need_w):
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_x else x.new_empty((0,))
+    dvalues = values.new_empty(values.shape) if need_w else x.new_empty((0,))
+    return dx, dvalues
+
+
 # ------------------------------------------------------------------ autograd
 
 
@@ -144,16 +168,21 @@ def _conv_setup(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-def _conv_backward(ctx, dy):
-    x, values, row_ptr, col = ctx.saved_tensors
-    need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-    dx = dvalues = dbias = None
-    if need_x or need_w:
-        gx, gw = ops.sparse_conv2d_backward(dy, x, values, row_ptr, col, *ctx.geometry, need_x, need_w)
-        dx, dvalues = (gx if need_x else None), (gw if need_w else None)
-    if need_b and ctx.has_bias:
-        dbias = dy.sum((0, 2, 3))
-    return dx, dvalues, dbias, None, None, None, None, None, None
+def _conv_backward_with(backward_op):
+    def backward(ctx, dy):
+        x, values, row_ptr, col = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        dx = dvalues = dbias = None
+        if need_x or need_w:
+            gx, gw = backward_op(dy, x, values, row_ptr, col, *ctx.geometry, need_x, need_w)
+            dx, dvalues = (gx if need_x else None), (gw if need_w else None)
+        if need_b and ctx.has_bias:
+            dbias = dy.sum((0, 2, 3))
+        return dx, dvalues, dbias, None, None, None, None, None, None
+    return backward
 
 
-torch.library.register_autograd(f"{NS}::sparse_conv2d", _conv_backward, setup_context=_conv_setup)
+torch.library.register_autograd(f"{NS}::sparse_conv2d", _conv_backward_with(ops.sparse_conv2d_backward),
+                                setup_context=_conv_setup)
+torch.library.register_autograd(f"{NS}::sparse_conv2d_width", _conv_backward_with(ops.sparse_conv2d_width_backward),
+                                setup_context=_conv_setup)

@@ -4,7 +4,7 @@ activations) instead of torch's. CPU only, float32; where the kernels cannot be 
 it raises RepresentationUnavailable with the reason and the other representations keep working.
 
 A conv layer's weight is blocked over its (out, in*kh*kw) matrix and convolves directly on the
-blocks (``kernels.sparse_conv2d``; conv.direct_applies says when). Per linear step, with ``W``
+blocks (``kernels.sparse_conv2d``; ``conv_paths`` picks how). Per linear step, with ``W``
 (out, in) and ``x`` (n, in), all row-major, one custom op
 (``torch.ops.sparse_linear.bsr_linear``, autograd registered with torch.library):
   forward         y  = x @ W^T            bsr_linear
@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 
 from .. import kernels
+from . import conv_paths
 from .base import RepresentationUnavailable
 from .bsr import BsrWeight
-from .conv import direct_applies
 
 
 class BsrCppWeight(BsrWeight):
@@ -58,18 +58,25 @@ class BsrCppWeight(BsrWeight):
         return kernels.bsr_linear(x, self.values, self.crow, self.col, (self.t_crow, self.t_col, self.perm),
                                   self.shape2d[0], bias)
 
-    def _direct(self, x, bias, stride, padding):
-        return kernels.sparse_conv2d(x, self.values, self.crow, self.col, self.block, self.shape[2:], stride, padding,
-                                     bias)
+    @property
+    def block_shape(self) -> tuple[int, int]:
+        """The blocks of the (out, in*kh*kw) matrix the direct conv kernels see."""
+        return tuple(self.block)
+
+    def _direct(self, x, bias, stride, padding, path):
+        return kernels.sparse_conv2d(x, self.values, self.crow, self.col, self.block_shape, self.shape[2:], stride,
+                                     padding, bias, vectorize=path)
 
     def conv2d(self, x, stride, padding, dilation):
-        if direct_applies(x, dilation):
-            return self._direct(x, None, stride, padding)
+        path = conv_paths.choose(self, x, stride, padding, dilation)
+        if path != "im2col":
+            return self._direct(x, None, stride, padding, path)
         return super().conv2d(x, stride, padding, dilation)
 
     def conv2d_bias(self, x, bias, stride, padding, dilation):
-        if bias is not None and direct_applies(x, dilation):
-            return self._direct(x, bias, stride, padding)  # the kernel starts each sum at the bias
+        path = conv_paths.choose(self, x, stride, padding, dilation)
+        if bias is not None and path != "im2col":
+            return self._direct(x, bias, stride, padding, path)  # the kernel starts each sum at the bias
         return super().conv2d_bias(x, bias, stride, padding, dilation)
 
     # the im2col conv path's products without autograd (conv.conv2d_recompute): the same kernels

@@ -1,8 +1,8 @@
-"""The two ways a sparse weight convolves.
+"""The ways a sparse weight convolves.
 
-* Direct (``direct_applies``): sparsebench's C++ kernels compute on the kept weights themselves,
-  vectorised over the batch (``kernels.sparse_conv2d``); csr and bsr_cpp use them on the CPU in
-  float32 where the batch fills the vectors.
+* Direct: sparsebench's C++ kernels compute on the kept weights themselves
+  (``kernels.sparse_conv2d``), vectorised over the batch or over the output width; csr and bsr_cpp
+  use them on the CPU in float32, the path measured per layer and input shape (``conv_paths``).
 * Through the weight's matrix product (``conv2d_recompute``, the default ``SparseWeight.conv2d``):
   im2col rows built from strided views of the input, and an autograd function that keeps only the
   input for backward and rebuilds the rows chunk by chunk there.
@@ -17,14 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 CONV_CHUNK_BYTES = 2 * 2**20  # im2col rows built at a time by the sparse conv path (forward and backward)
-DIRECT_MIN_BATCH = 4  # below it the direct kernels' batch vectors are mostly padding: im2col measured faster
-
-
-def direct_applies(x: torch.Tensor, dilation) -> bool:
-    """Whether the direct kernels compute this convolution: float32 NCHW on the CPU, dilation 1, and
-    a batch of at least DIRECT_MIN_BATCH (kernels available is the caller's test)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-            and tuple(dilation) == (1, 1) and x.shape[0] >= DIRECT_MIN_BATCH)
+DIRECT_MIN_BATCH = 4  # below it the batch kernels' vectors are mostly padding (the untimed fallback's rule)
 
 
 def _offset_views(xp: torch.Tensor, kernel, stride, dilation, h_dim: int):

@@ -18,7 +18,7 @@ Two kernels compute with it, the same storage either way:
   where the C++ kernels cannot build (unless ``SPARSEBENCH_REQUIRE_KERNELS=1``: then that is an
   error naming the cause). On the CPU they run on one thread, which is why the C++ path exists.
 A conv layer's weight is the (out, in*kh*kw) matrix in the same storage; the C++ kernels convolve
-on it directly (``kernels.sparse_conv2d``, where ``conv.direct_applies``), torch's through im2col rows.
+on it directly (``kernels.sparse_conv2d``, by the path ``conv_paths`` measures fastest), torch's through im2col rows.
 ``kernel`` on each layer says which one ran; the run's JSON records it.
 """
 
@@ -29,9 +29,9 @@ from torch import nn
 
 from .. import kernels
 from ..patterns import as_matrix
+from . import conv_paths
 from .base import SparseWeight
 from .compressed import csr_tensor
-from .conv import direct_applies
 
 CHUNK = 1 << 18  # mask elements read at a time while building: torch's nonzero makes 16 bytes per hit
 
@@ -169,18 +169,25 @@ class CsrWeight(SparseWeight):
             return self._kernel(x, bias)  # the kernel starts each sum at the bias
         return super().linear_bias(x, bias)
 
-    def _direct(self, x, bias, stride, padding):
-        return kernels.sparse_conv2d(x, self.values, self.crow, self.col, (1, 1), self.shape[2:], stride, padding,
-                                     bias)
+    @property
+    def block_shape(self) -> tuple[int, int]:
+        """The blocks of the (out, in*kh*kw) matrix the direct conv kernels see."""
+        return (1, 1)
+
+    def _direct(self, x, bias, stride, padding, path):
+        return kernels.sparse_conv2d(x, self.values, self.crow, self.col, self.block_shape, self.shape[2:], stride,
+                                     padding, bias, vectorize=path)
 
     def conv2d(self, x, stride, padding, dilation):
-        if direct_applies(x, dilation) and self._use_kernels(x):
-            return self._direct(x, None, stride, padding)
+        path = conv_paths.choose(self, x, stride, padding, dilation)
+        if path != "im2col":
+            return self._direct(x, None, stride, padding, path)
         return super().conv2d(x, stride, padding, dilation)
 
     def conv2d_bias(self, x, bias, stride, padding, dilation):
-        if bias is not None and direct_applies(x, dilation) and self._use_kernels(x):
-            return self._direct(x, bias, stride, padding)  # the kernel starts each sum at the bias
+        path = conv_paths.choose(self, x, stride, padding, dilation)
+        if bias is not None and path != "im2col":
+            return self._direct(x, bias, stride, padding, path)  # the kernel starts each sum at the bias
         return super().conv2d_bias(x, bias, stride, padding, dilation)
 
     # the im2col conv path's products without autograd (conv.conv2d_recompute): the same kernels

@@ -1,6 +1,6 @@
 // The op library `sparse_linear`: sparse training products for linear layers (BSR blocks, CSR
 // elements) and direct sparse 2-D convolutions on the CPU, as PyTorch custom operators. Schemas
-// here; the CPU kernels in bsr.cpp, csr.cpp and conv.cpp; the fake (meta) and autograd
+// here; the CPU kernels in bsr.cpp, csr.cpp, conv.cpp and conv_width.cpp; the fake (meta) and autograd
 // registrations in Python (sparsebench/kernels/ops.py).
 #include "common.h"
 
@@ -34,6 +34,19 @@ std::tuple<torch::Tensor, torch::Tensor> sparse_conv2d_backward(const torch::Ten
                                                                 const torch::Tensor&, at::IntArrayRef, at::IntArrayRef,
                                                                 at::IntArrayRef, at::IntArrayRef, bool, bool);
 
+torch::Tensor sparse_conv2d_width(const torch::Tensor&, const torch::Tensor&, const std::optional<torch::Tensor>&,
+                                  const torch::Tensor&, const torch::Tensor&, at::IntArrayRef, at::IntArrayRef,
+                                  at::IntArrayRef, at::IntArrayRef);
+torch::Tensor sparse_conv2d_width_forward(const torch::Tensor&, const torch::Tensor&,
+                                          const std::optional<torch::Tensor>&, const torch::Tensor&,
+                                          const torch::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
+                                          at::IntArrayRef);
+std::tuple<torch::Tensor, torch::Tensor> sparse_conv2d_width_backward(const torch::Tensor&, const torch::Tensor&,
+                                                                      const torch::Tensor&, const torch::Tensor&,
+                                                                      const torch::Tensor&, at::IntArrayRef,
+                                                                      at::IntArrayRef, at::IntArrayRef,
+                                                                      at::IntArrayRef, bool, bool);
+
 std::string isa() { return SB_ISA; }
 }  // namespace sparsebench
 
@@ -56,6 +69,12 @@ TORCH_LIBRARY(sparse_linear, m) {
         "int[2] kernel, int[2] stride, int[2] padding) -> Tensor");
   m.def("sparse_conv2d_backward(Tensor dy, Tensor x, Tensor values, Tensor row_ptr, Tensor col, int[2] block, "
         "int[2] kernel, int[2] stride, int[2] padding, bool need_x, bool need_w) -> (Tensor, Tensor)");
+  m.def("sparse_conv2d_width(Tensor x, Tensor values, Tensor? bias, Tensor row_ptr, Tensor col, int[2] block, "
+        "int[2] kernel, int[2] stride, int[2] padding) -> Tensor");
+  m.def("sparse_conv2d_width_forward(Tensor x, Tensor values, Tensor? bias, Tensor row_ptr, Tensor col, "
+        "int[2] block, int[2] kernel, int[2] stride, int[2] padding) -> Tensor");
+  m.def("sparse_conv2d_width_backward(Tensor dy, Tensor x, Tensor values, Tensor row_ptr, Tensor col, "
+        "int[2] block, int[2] kernel, int[2] stride, int[2] padding, bool need_x, bool need_w) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(sparse_linear, CPU, m) {
@@ -69,4 +88,7 @@ TORCH_LIBRARY_IMPL(sparse_linear, CPU, m) {
   m.impl("sparse_conv2d", &sparsebench::sparse_conv2d);
   m.impl("sparse_conv2d_forward", &sparsebench::sparse_conv2d_forward);
   m.impl("sparse_conv2d_backward", &sparsebench::sparse_conv2d_backward);
+  m.impl("sparse_conv2d_width", &sparsebench::sparse_conv2d_width);
+  m.impl("sparse_conv2d_width_forward", &sparsebench::sparse_conv2d_width_forward);
+  m.impl("sparse_conv2d_width_backward", &sparsebench::sparse_conv2d_width_backward);
 }
