@@ -10,14 +10,16 @@ either way; ``representations.csr`` picks the narrower. The training products (f
 gradient, weight gradient at kept positions only) are ``torch.ops.sparse_linear.*`` custom
 operators: schemas and checks in C++ (``csrc/``), fake and autograd registrations in :mod:`.ops`.
 A conv weight in either storage, seen as its (out, in*kh*kw) matrix, convolves directly on the kept
-weights with :func:`sparse_conv2d` (``csrc/conv.cpp``). Layout of this package:
+weights with :func:`sparse_conv2d`, vectorised over the batch (``csrc/conv.cpp``) or over the output
+width (``csrc/conv_width.cpp``). Layout of this package:
 
 * :mod:`.isa`         the variants (avx512, avx2, generic): compiler flags, which this CPU runs, forcing one
 * :mod:`.errors`      KernelsUnavailable, and when "unavailable" is an error (SPARSEBENCH_REQUIRE_KERNELS)
 * :mod:`.build_cache` a variant's build: cache directory, build lock, child-process build, checksum
 * :mod:`.loader`      this process's library: load once, register, smoke-test
 * :mod:`.ops`         fake implementations and autograd of the ops
-* ``csrc/``           ``ops.cpp`` (schemas), ``bsr.cpp``, ``csr.cpp``, ``conv.cpp``, ``common.h``
+* ``csrc/``           ``ops.cpp`` (schemas), ``bsr.cpp``, ``csr.cpp``, ``conv.cpp``, ``conv_width.cpp``,
+                      ``conv_tiles.h`` (what the two conv files share), ``common.h``
 
 Public API: :func:`variant`, :func:`variant_forced`, :func:`available`, :func:`unavailable_reason`,
 :func:`required`, :func:`build` (ahead of time: ``python -m sparsebench.kernels build``), and the
