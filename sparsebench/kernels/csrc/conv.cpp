@@ -193,39 +193,10 @@ DyLayout dy_layout(const Geometry& g) {
 // dx (n, in, h, w) in ``format`` (the input's own memory format).
 torch::Tensor input_grad_impl(const Packed& DY, const DyLayout& dl, const Entries& E, const std::vector<float>& pv,
                               const Geometry& g, const torch::TensorOptions& opts, at::MemoryFormat format) {
-  // the transposed entries, one list per (input channel, phase): counting sort by key
-  const int64_t ph_count = g.SH * g.SW, keys = g.IC * ph_count, kk = g.KH * g.KW;
-  const int64_t sp = g.Bp, sr = DY.sr(), sc = DY.sc();
-  std::vector<int64_t> kp(keys + 1, 0);
-  struct Elem { int64_t key, off; float v; };
-  std::vector<Elem> elems;
-  elems.reserve(E.nelem);
-  for (int64_t grp = 0; grp < E.groups; ++grp) {
-    const int64_t ne = E.gp[grp + 1] - E.gp[grp];
-    for (int64_t e = 0; e < ne; ++e) {
-      const int64_t j = E.col[E.gp[grp] + e], c = j / kk, i = (j % kk) / g.KW, w = j % g.KW;
-      const int64_t rh = ((i - g.PH) % g.SH + g.SH) % g.SH, rw = ((w - g.PW) % g.SW + g.SW) % g.SW;
-      const int64_t dh = (rh + g.PH - i) / g.SH + dl.top, dw = (rw + g.PW - w) / g.SW + dl.left;
-      const int64_t key = c * ph_count + rh * g.SW + rw;
-      for (int64_t r = 0; r < E.R; ++r) {
-        const int64_t s = r / E.RK, rk = r % E.RK, oc = grp * E.R + r;
-        elems.push_back({key, oc * sc + dh * sr + dw * sp, pv[E.ebase[grp] + s * ne * E.RK + e * E.RK + rk]});
-        ++kp[key + 1];
-      }
-    }
-  }
-  for (int64_t k = 0; k < keys; ++k) kp[k + 1] += kp[k];
-  std::vector<int64_t> toff(elems.size());
-  std::vector<float> tval(elems.size());
-  {
-    std::vector<int64_t> fill(kp.begin(), kp.end() - 1);
-    for (const auto& el : elems) {
-      const int64_t at = fill[el.key]++;
-      toff[at] = el.off, tval[at] = el.v;
-    }
-  }
-  elems.clear();
-  elems.shrink_to_fit();
+  const int64_t ph_count = g.SH * g.SW, sp = g.Bp, sr = DY.sr();
+  const Transposed tr = transposed_entries(E, pv, g, dl.top, dl.left, DY.sc(), sr, sp);
+  const std::vector<int64_t>&kp = tr.kp, &toff = tr.off;
+  const std::vector<float>& tval = tr.val;
   auto DX = torch::empty({g.N, g.IC, g.H, g.W}, opts.memory_format(format));
   const Out4 out{DX.data_ptr<float>(), DX.stride(0), DX.stride(1), DX.stride(2), DX.stride(3)};
   const int64_t nvb = g.Bp / L;
@@ -329,12 +300,7 @@ torch::Tensor sparse_conv2d_forward(const torch::Tensor& x_in, const torch::Tens
   const auto& x = check_input("x", x_in);
   const Entries E = check_weight(values, row_ptr, col, block, x.size(1), kernel);
   const Geometry g = geometry(x, E.groups * E.R, kernel, stride, padding);
-  torch::Tensor bias;
-  if (bias_in.has_value()) {
-    bias = bias_in->contiguous();
-    TORCH_CHECK_VALUE(bias.scalar_type() == torch::kFloat && bias.device().is_cpu(), "bias must be float32 on the CPU");
-    TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == g.OC, "bias must have shape (", g.OC, ",), got ", bias.sizes());
-  }
+  const torch::Tensor bias = checked_bias(bias_in, g.OC);
   if (g.N == 0 || g.OC == 0)
     return torch::zeros({g.N, g.OC, g.OH, g.OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const auto pv = packed_values(E, values);

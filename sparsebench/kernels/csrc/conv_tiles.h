@@ -291,5 +291,56 @@ std::vector<int64_t> balanced_groups(const Entries& E, int64_t parts) {
 }
 
 
+// The input gradient's gather lists: the weight transposed into one list per (input channel, phase
+// of the input position modulo the stride), counting-sorted by key c * SH * SW + rh * SW + rw. Each
+// element: its offset into the packed dY (channel, row and position strides sc, sr, sp; dY shifted
+// by `top` rows and `left` positions, so every offset is non-negative) and its weight.
+struct Transposed {
+  std::vector<int64_t> kp;   // keys + 1: each key's range
+  std::vector<int64_t> off;
+  std::vector<float> val;
+};
+Transposed transposed_entries(const Entries& E, const std::vector<float>& pv, const Geometry& g, int64_t top,
+                              int64_t left, int64_t sc, int64_t sr, int64_t sp) {
+  const int64_t ph_count = g.SH * g.SW, keys = g.IC * ph_count, kk = g.KH * g.KW;
+  Transposed T;
+  T.kp.assign(keys + 1, 0);
+  struct Elem { int64_t key, off; float v; };
+  std::vector<Elem> elems;
+  elems.reserve(E.nelem);
+  for (int64_t grp = 0; grp < E.groups; ++grp) {
+    const int64_t ne = E.gp[grp + 1] - E.gp[grp];
+    for (int64_t e = 0; e < ne; ++e) {
+      const int64_t j = E.col[E.gp[grp] + e], c = j / kk, i = (j % kk) / g.KW, w = j % g.KW;
+      const int64_t rh = ((i - g.PH) % g.SH + g.SH) % g.SH, rw = ((w - g.PW) % g.SW + g.SW) % g.SW;
+      const int64_t dh = (rh + g.PH - i) / g.SH + top, dw = (rw + g.PW - w) / g.SW + left;
+      const int64_t key = c * ph_count + rh * g.SW + rw;
+      for (int64_t r = 0; r < E.R; ++r) {
+        const int64_t s = r / E.RK, rk = r % E.RK, oc = grp * E.R + r;
+        elems.push_back({key, oc * sc + dh * sr + dw * sp, pv[E.ebase[grp] + s * ne * E.RK + e * E.RK + rk]});
+        ++T.kp[key + 1];
+      }
+    }
+  }
+  for (int64_t k = 0; k < keys; ++k) T.kp[k + 1] += T.kp[k];
+  T.off.resize(elems.size());
+  T.val.resize(elems.size());
+  std::vector<int64_t> fill(T.kp.begin(), T.kp.end() - 1);
+  for (const auto& el : elems) {
+    const int64_t at = fill[el.key]++;
+    T.off[at] = el.off, T.val[at] = el.v;
+  }
+  return T;
+}
+
+// A bias argument, checked: float32 on the CPU, one per output channel (undefined where none).
+torch::Tensor checked_bias(const std::optional<torch::Tensor>& bias_in, int64_t oc) {
+  if (!bias_in.has_value()) return torch::Tensor();
+  auto bias = bias_in->contiguous();
+  TORCH_CHECK_VALUE(bias.scalar_type() == torch::kFloat && bias.device().is_cpu(), "bias must be float32 on the CPU");
+  TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == oc, "bias must have shape (", oc, ",), got ", bias.sizes());
+  return bias;
+}
+
 }  // namespace
 }  // namespace sparsebench

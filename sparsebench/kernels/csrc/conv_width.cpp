@@ -133,38 +133,10 @@ WDy pack_dy(const torch::Tensor& dy, const Geometry& g) {
 
 torch::Tensor input_grad_impl(const WDy& DY, const Entries& E, const std::vector<float>& pv, const Geometry& g,
                               const torch::TensorOptions& opts) {
-  // the transposed entries, one list per (input channel, phase): counting sort by key
-  const int64_t ph_count = g.SH * g.SW, keys = g.IC * ph_count, kk = g.KH * g.KW;
-  std::vector<int64_t> kp(keys + 1, 0);
-  struct Elem { int64_t key, off; float v; };
-  std::vector<Elem> elems;
-  elems.reserve(E.nelem);
-  for (int64_t grp = 0; grp < E.groups; ++grp) {
-    const int64_t ne = E.gp[grp + 1] - E.gp[grp];
-    for (int64_t e = 0; e < ne; ++e) {
-      const int64_t j = E.col[E.gp[grp] + e], c = j / kk, i = (j % kk) / g.KW, w = j % g.KW;
-      const int64_t rh = ((i - g.PH) % g.SH + g.SH) % g.SH, rw = ((w - g.PW) % g.SW + g.SW) % g.SW;
-      const int64_t dh = (rh + g.PH - i) / g.SH + DY.top, dw = (rw + g.PW - w) / g.SW + DY.left;
-      const int64_t key = c * ph_count + rh * g.SW + rw;
-      for (int64_t r = 0; r < E.R; ++r) {
-        const int64_t s = r / E.RK, rk = r % E.RK, oc = grp * E.R + r;
-        elems.push_back({key, oc * DY.sc() + dh * DY.sr() + dw, pv[E.ebase[grp] + s * ne * E.RK + e * E.RK + rk]});
-        ++kp[key + 1];
-      }
-    }
-  }
-  for (int64_t k = 0; k < keys; ++k) kp[k + 1] += kp[k];
-  std::vector<int64_t> toff(elems.size());
-  std::vector<float> tval(elems.size());
-  {
-    std::vector<int64_t> fill(kp.begin(), kp.end() - 1);
-    for (const auto& el : elems) {
-      const int64_t at = fill[el.key]++;
-      toff[at] = el.off, tval[at] = el.v;
-    }
-  }
-  elems.clear();
-  elems.shrink_to_fit();
+  const int64_t ph_count = g.SH * g.SW;
+  const Transposed tr = transposed_entries(E, pv, g, DY.top, DY.left, DY.sc(), DY.sr(), 1);
+  const std::vector<int64_t>&kp = tr.kp, &toff = tr.off;
+  const std::vector<float>& tval = tr.val;
   auto DX = torch::empty({g.N, g.IC, g.H, g.W}, opts);
   float* dxd = DX.data_ptr<float>();
   const int64_t max_cols = (g.W + g.SW - 1) / g.SW;
@@ -247,14 +219,6 @@ torch::Tensor weight_grad_impl(const WDy& DY, const WPacked& X, const Entries& E
   float* dv = dvalues.data_ptr<float>();
   for (int64_t k = 0; k < E.nelem; ++k) dv[E.vidx[k]] = grad[k];
   return dvalues;
-}
-
-torch::Tensor checked_bias(const std::optional<torch::Tensor>& bias_in, int64_t oc) {
-  if (!bias_in.has_value()) return torch::Tensor();
-  auto bias = bias_in->contiguous();
-  TORCH_CHECK_VALUE(bias.scalar_type() == torch::kFloat && bias.device().is_cpu(), "bias must be float32 on the CPU");
-  TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == oc, "bias must have shape (", oc, ",), got ", bias.sizes());
-  return bias;
 }
 
 }  // namespace
