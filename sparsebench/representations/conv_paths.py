@@ -39,7 +39,7 @@ REPEATS = 3
 MARGIN = 0.9
 LOCK_TIMEOUT_S = 60
 
-_memory: dict[str, str] = {}
+_memory: dict[tuple[int, str], str] = {}
 _forced: list[str] = []
 
 
@@ -114,17 +114,18 @@ def choose(weight, x: torch.Tensor, stride, padding, dilation) -> str:
     if _forced:
         return _forced[-1]
     training = torch.is_grad_enabled() and (x.requires_grad or weight.stored.requires_grad)
-    key = "|".join([this_machine(kernels.variant(), x.device)[1], type(weight).__name__,
-                    "x".join(map(str, weight.block_shape)), "x".join(map(str, weight.shape)),
-                    str(int(weight.stored.numel())), "x".join(map(str, x.shape)),
-                    "x".join(map(str, stride)), "x".join(map(str, padding)), "train" if training else "infer"])
-    chosen = _memory.get(key)
+    layer = "|".join([type(weight).__name__, "x".join(map(str, weight.block_shape)), "x".join(map(str, weight.shape)),
+                      str(int(weight.stored.numel())), "x".join(map(str, x.shape)), "x".join(map(str, stride)),
+                      "x".join(map(str, padding)), "train" if training else "infer"])
+    # this process's own choices by the cheap part of the key (threads can change within a process)
+    chosen = _memory.get((torch.get_num_threads(), layer))
     if chosen is not None:
         return chosen
+    key = this_machine(kernels.variant(), x.device)[1] + "|" + layer
     path = _cache_path()
     cached = _load(path).get(key)
     if isinstance(cached, dict) and cached.get("chosen") in PATHS:
-        _memory[key] = cached["chosen"]
+        _memory[(torch.get_num_threads(), layer)] = cached["chosen"]
         return cached["chosen"]
     if torch.compiler.is_compiling():
         return "batch" if x.shape[0] >= DIRECT_MIN_BATCH else "im2col"
@@ -133,6 +134,6 @@ def choose(weight, x: torch.Tensor, stride, padding, dilation) -> str:
     chosen = min(times, key=times.get)
     if times[chosen] > MARGIN * times["batch"]:
         chosen = "batch"
-    _memory[key] = chosen
+    _memory[(torch.get_num_threads(), layer)] = chosen
     _save(path, key, {"chosen": chosen, "times_ms": times})
     return chosen
