@@ -23,20 +23,17 @@ input shape and scheme; the file is updated under a lock, and a corrupt one is i
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .. import kernels
-from ..atomic import Locked, locked, write_json_atomic
 from ..machine import cache_dir, this_machine
 from ..schemes import Scheme
 from ..timing import best_of
-from . import REPRESENTATIONS
+from . import REPRESENTATIONS, choices
 from .base import RepresentationUnavailable, SparseConv2d, SparseLinear, SparseWeight
 
 ROWS = 4096  # calibration rows (tokens, or conv output positions): the size of the layers benchmarked here
@@ -56,23 +53,11 @@ def _machine_key(device: torch.device) -> str:
     return this_machine(kernels.variant(), device)[1]
 
 
-def _load_cache(path: Path) -> dict:
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}  # no cache yet, or a corrupt one: measure again, and the next write replaces it
-    return cache if isinstance(cache, dict) else {}
+_load_cache = choices.load
 
 
 def _save_choice(path: Path, key: str, decision: dict) -> None:
-    """Read-modify-write under a lock, so parallel workers (xdist, Ray) add their choices, not drop others'."""
-    try:
-        with locked(path.with_name(path.name + ".lock"), wait_s=LOCK_TIMEOUT_S):
-            cache = _load_cache(path)
-            cache[key] = decision
-            write_json_atomic(path, cache)
-    except (OSError, ValueError, Locked) as err:  # a read-only or busy cache costs a re-measurement, nothing else
-        print(f"sparsebench: could not cache auto choice in {path}: {err}", file=sys.stderr)
+    choices.save(path, key, decision, LOCK_TIMEOUT_S, "auto choice")
 
 
 def _wrap(weight: SparseWeight, layer: nn.Module) -> nn.Module:

@@ -19,17 +19,15 @@ machine class, so a later process reuses it. Under
 from __future__ import annotations
 
 import contextlib
-import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from .. import kernels
-from ..atomic import Locked, locked, write_json_atomic
 from ..machine import cache_dir, this_machine
 from ..timing import best_of
+from . import choices
 from .conv import DIRECT_MIN_BATCH, conv2d_recompute
 
 PATHS = ("batch", "width", "im2col")
@@ -65,24 +63,6 @@ def direct_applies(x: torch.Tensor, dilation) -> bool:
 
 def _cache_path() -> Path:
     return cache_dir() / "conv-paths.json"
-
-
-def _load(path: Path) -> dict:
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}  # none yet, or corrupt: measure again, and the next write replaces it
-    return cache if isinstance(cache, dict) else {}
-
-
-def _save(path: Path, key: str, decision: dict) -> None:
-    try:
-        with locked(path.with_name(path.name + ".lock"), wait_s=LOCK_TIMEOUT_S):
-            cache = _load(path)
-            cache[key] = decision
-            write_json_atomic(path, cache)
-    except (OSError, ValueError, Locked) as err:  # an unwritable cache costs a re-measurement, nothing else
-        print(f"sparsebench: could not cache a conv path in {path}: {err}", file=sys.stderr)
 
 
 def _run(weight, path: str, x: torch.Tensor, stride, padding, dilation) -> torch.Tensor:
@@ -123,7 +103,7 @@ def choose(weight, x: torch.Tensor, stride, padding, dilation) -> str:
         return chosen
     key = this_machine(kernels.variant(), x.device)[1] + "|" + layer
     path = _cache_path()
-    cached = _load(path).get(key)
+    cached = choices.load(path).get(key)
     if isinstance(cached, dict) and cached.get("chosen") in PATHS:
         _memory[(torch.get_num_threads(), layer)] = cached["chosen"]
         return cached["chosen"]
@@ -135,5 +115,5 @@ def choose(weight, x: torch.Tensor, stride, padding, dilation) -> str:
     if times[chosen] > MARGIN * times["batch"]:
         chosen = "batch"
     _memory[(torch.get_num_threads(), layer)] = chosen
-    _save(path, key, {"chosen": chosen, "times_ms": times})
+    choices.save(path, key, {"chosen": chosen, "times_ms": times}, LOCK_TIMEOUT_S, "a conv path")
     return chosen
