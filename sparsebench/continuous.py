@@ -39,6 +39,9 @@ from .timing import change_interval
 # regression; docs/gate.md gives the A/A runs it rests on
 TIME_TOLERANCE = 0.15
 TIME_METRIC = "time_ratio_vs_dense"
+# a bootstrap of a median from fewer pairs is no 95% interval: 2 pairs of millisecond steps once read an
+# unchanged commit as 2.3x slower, consistently, so with fewer the time change is shown but not gated
+MIN_GATED_PAIRS = 10
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,11 @@ class Verdict:
 
 def time_verdict(cell: str, base, head, base_label: str) -> Verdict:
     b, h = base.time_ratio_vs_dense, head.time_ratio_vs_dense
+    pairs = min(_pair_count(base), _pair_count(head))
+    if pairs < MIN_GATED_PAIRS:
+        return Verdict(cell, TIME_METRIC, b, h, True,
+                       f"note {cell} {TIME_METRIC} {h:.3f} vs {base_label} {b:.3f}: x{h / b:.3f}, not gated: "
+                       f"{pairs} timed pairs, the gate needs {MIN_GATED_PAIRS} (a budget with more timing_steps)")
     try:
         low, high = change_interval((base.step_times_s["dense"], base.step_times_s["scheme"]),
                                     (head.step_times_s["dense"], head.step_times_s["scheme"]))
@@ -181,6 +189,13 @@ def time_verdict(cell: str, base, head, base_label: str) -> Verdict:
                    f"{'ok  ' if ok else 'FAIL'} {cell} {TIME_METRIC} {h:.3f} vs {base_label} {b:.3f}: x{h / b:.3f} "
                    f"[95% CI {low:.3f}-{high:.3f}] {'lower end ' if ok else 'whole interval '}{op} "
                    f"x{1 + TIME_TOLERANCE:.2f}")
+
+
+def _pair_count(result) -> int:
+    try:
+        return min(len(result.step_times_s["dense"]), len(result.step_times_s["scheme"]))
+    except (KeyError, TypeError):
+        return MIN_GATED_PAIRS  # a result without step times is judged by its point ratio, as before
 
 
 def metric_verdicts(cell: str, base, head, base_label: str) -> list[Verdict]:

@@ -11,14 +11,21 @@ import pytest
 from factories import make_result
 from test_timing import noisy_pairs
 
-from sparsebench.continuous import TIME_TOLERANCE, checkout_root, metric_verdicts, resolve, time_verdict
+from sparsebench.continuous import (
+    MIN_GATED_PAIRS,
+    TIME_TOLERANCE,
+    checkout_root,
+    metric_verdicts,
+    resolve,
+    time_verdict,
+)
 from sparsebench.results import MiB
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed(ratio, seed):
-    dense, scheme = noisy_pairs(ratio, 30, seed=seed)
+def timed(ratio, seed, pairs=30):
+    dense, scheme = noisy_pairs(ratio, pairs, seed=seed)
     return {"time_ratio_vs_dense": ratio, "step_times_s": {"dense": dense, "scheme": scheme}}
 
 
@@ -30,6 +37,18 @@ def test_time_verdict_gates_the_change_by_its_interval():
     verdict = time_verdict("cell", base, slower, "BASE x")
     assert not verdict.ok and verdict.line.startswith("FAIL cell time_ratio_vs_dense")
     assert "95% CI" in verdict.line and "vs BASE x" in verdict.line
+
+
+def test_too_few_pairs_show_the_time_change_but_do_not_gate_it():
+    few = MIN_GATED_PAIRS - 1
+    base = make_result("cnn", "random:0.9@csr", **timed(1.2, 1, few))
+    slower = make_result("cnn", "random:0.9@csr", **timed(2.4, 3, few))
+    verdict = time_verdict("cell", base, slower, "BASE x")
+    assert verdict.ok and verdict.line.startswith("note cell time_ratio_vs_dense") and "x2.0" in verdict.line
+    assert f"{few} timed pairs" in verdict.line
+    enough = make_result("cnn", "random:0.9@csr", **timed(2.4, 3, MIN_GATED_PAIRS))
+    assert not time_verdict("cell", make_result("cnn", "random:0.9@csr", **timed(1.2, 1, MIN_GATED_PAIRS)),
+                            enough, "BASE x").ok
 
 
 def test_other_metrics_are_compared_with_base_under_the_tolerance_floors():

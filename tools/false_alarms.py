@@ -39,7 +39,7 @@ def run(i: int, args: list[str]) -> None:
 
 
 def side_by_side(command: str) -> list[str]:
-    from sparsebench.continuous import TIME_TOLERANCE
+    from sparsebench.continuous import MIN_GATED_PAIRS, TIME_TOLERANCE
 
     docs = []
     for path in sorted(RUNS.glob("run*/comparison.json"), key=lambda p: int(p.parent.name[3:])):
@@ -82,7 +82,8 @@ def side_by_side(command: str) -> list[str]:
         f"against itself, budget {', '.join(sorted(budget))}, on machine class {', '.join(sorted(classes))}.", "",
         "Each entry: HEAD's time ratio against dense over BASE's (both the same code, run as two processes, "
         "alternating), and the 95% interval of that change. A time alarm needs the whole interval above "
-        f"x{1 + TIME_TOLERANCE:.2f} (`continuous.TIME_TOLERANCE` = {TIME_TOLERANCE}).", "",
+        f"x{1 + TIME_TOLERANCE:.2f} (`continuous.TIME_TOLERANCE` = {TIME_TOLERANCE}); with fewer than "
+        f"{MIN_GATED_PAIRS} timed pairs a side (`continuous.MIN_GATED_PAIRS`) the change is shown, not gated.", "",
         *rows, "",
         f"False alarms: {len(alarms)} in {sum(len(c) for c in cells.values())} cell comparisons"
         + (f" ({', '.join(alarms)})." if alarms else "."),

@@ -288,6 +288,11 @@ FAULTS = [
           "done = subprocess.run(command, env=side.environment(), cwd=side.tree, capture_output=True, text=True)",
           "done = subprocess.run(command, env=side.environment(), cwd=Path.cwd(), capture_output=True, text=True)",
           ("tests/test_continuous.py",)),
+    Fault("the side-by-side gate judges time from too few pairs",
+          "sparsebench/continuous.py",
+          "if pairs < MIN_GATED_PAIRS:",
+          "if False:",
+          ("tests/test_continuous.py", "-k", "few_pairs")),
 
 ]
 
