@@ -64,6 +64,18 @@ def test_a_new_input_shape_is_measured_again(fresh, monkeypatch):
     assert {s[0] for s in timed} == {2, 5}
 
 
+def test_a_choice_made_with_other_kernels_is_measured_again(fresh, monkeypatch):
+    timed = []
+    monkeypatch.setattr(conv_paths, "_time_ms", lambda w, path, shape, *a: timed.append(path) or 1.0)
+    model, x = sparse_conv(), torch.randn(2, 3, 12, 12)
+    model(x).sum().backward()
+    monkeypatch.setattr(conv_paths, "_memory", {})
+    monkeypatch.setattr(kernels, "build_key", lambda: "another-build")  # the kernel sources changed
+    model(x).sum().backward()
+    assert len(timed) == 2 * len(conv_paths.PATHS)
+    assert len(json.loads((fresh / "conv-paths.json").read_text())) == 2
+
+
 def test_forced_path_skips_measurement_and_rejects_unknown(fresh, monkeypatch):
     monkeypatch.setattr(conv_paths, "_time_ms", lambda *a: pytest.fail("measured under forced()"))
     model = sparse_conv("block:4x4:0.5@bsr_cpp")

@@ -19,7 +19,8 @@ width (``csrc/conv_width.cpp``). Layout of this package:
 * :mod:`.loader`      this process's library: load once, register, smoke-test
 * :mod:`.ops`         fake implementations and autograd of the ops
 * ``csrc/``           ``ops.cpp`` (schemas), ``bsr.cpp``, ``csr.cpp``, ``conv.cpp``, ``conv_width.cpp``,
-                      ``conv_tiles.h`` (what the two conv files share), ``common.h``
+                      ``conv_width_narrow.cpp`` (the width kernels at 8 lanes, for the avx512 build's
+                      short rows), ``conv_tiles.h`` (what the conv files share), ``common.h``
 
 Public API: :func:`variant`, :func:`variant_forced`, :func:`available`, :func:`unavailable_reason`,
 :func:`required`, :func:`build` (ahead of time: ``python -m sparsebench.kernels build``), and the
@@ -43,6 +44,7 @@ __all__ = [
     "KernelsUnavailable",
     "available",
     "build",
+    "build_key",
     "bsr_linear",
     "bsr_linear_forward",
     "bsr_linear_input_grad",
@@ -69,6 +71,12 @@ def variant() -> str:
 def variant_forced() -> bool:
     """True when ``SPARSEBENCH_CPU_ISA`` chose the variant (a forced variant is its own machine class)."""
     return _isa.forced_variant() is not None
+
+
+def build_key() -> str:
+    """A hash of this variant's kernel sources and build flags: measurements of the kernels (a cached
+    conv path choice) are only valid for the build they were made with."""
+    return _build._key(variant())
 
 
 def supported_variants() -> list[str]:

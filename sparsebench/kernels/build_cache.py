@@ -35,7 +35,7 @@ from .isa import ENV_ISA, FLAGS
 
 LIBRARY = "sparse_linear"  # the torch.library namespace: torch.ops.sparse_linear.*
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("ops.cpp", "bsr.cpp", "csr.cpp", "conv.cpp", "conv_width.cpp")
+SOURCES = ("ops.cpp", "bsr.cpp", "csr.cpp", "conv.cpp", "conv_width.cpp", "conv_width_narrow.cpp")
 LOCK_WAIT_S = 1800  # a build on 2 cores takes minutes; a live build holding the lock longer is stuck
 
 

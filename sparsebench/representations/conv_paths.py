@@ -11,7 +11,7 @@ call at a new (layer geometry, storage, kept count, input shape, training or inf
 forward (and, in training, backward) pass of each path on a random input of that shape and keeps
 the fastest (``batch`` unless another beats it by ``MARGIN``), as ``auto`` does for
 representations; in memory for this process, and in ``<cache dir>/conv-paths.json`` keyed by
-machine class, so a later process reuses it. Under
+machine class and kernel build, so a later process with the same kernels reuses it. Under
 ``torch.compile`` tracing nothing is measured: a cached choice, else ``batch`` from a batch of
 ``DIRECT_MIN_BATCH``. ``forced(path)`` fixes the path (tests, ``benchmarks/conv_paths.py``).
 """
@@ -101,7 +101,7 @@ def choose(weight, x: torch.Tensor, stride, padding, dilation) -> str:
     chosen = _memory.get((torch.get_num_threads(), layer))
     if chosen is not None:
         return chosen
-    key = this_machine(kernels.variant(), x.device)[1] + "|" + layer
+    key = "|".join([this_machine(kernels.variant(), x.device)[1], kernels.build_key(), layer])
     path = _cache_path()
     cached = choices.load(path).get(key)
     if isinstance(cached, dict) and cached.get("chosen") in PATHS:

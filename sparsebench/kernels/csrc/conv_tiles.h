@@ -10,7 +10,12 @@
 namespace sparsebench {
 namespace {
 
-constexpr int L = kMaxLanes;
+// the vector width in floats; a translation unit may set a narrower one (SB_CONV_LANES) before including
+#ifndef SB_CONV_LANES
+#define SB_CONV_LANES kMaxLanes
+#endif
+constexpr int L = SB_CONV_LANES;
+static_assert(L <= kMaxLanes && (L == 4 || L == 8 || L == 16), "SB_CONV_LANES: 4, 8 or 16, at most the ISA's");
 typedef typename VecT<L>::type V;
 constexpr int kAccF = kVRegs >= 32 ? 24 : 12;  // accumulator vectors of a forward / input-grad tile
 constexpr int kMaxT = 8;                        // output positions per tile

@@ -14,6 +14,16 @@
 //   weight grad  dW[o, c, i, j] = sum_(n, oh) <dY[n, o, oh, ..], X[n, c, oh*sh + i - ph, ..*sw + j - pw]>,
 //                the lanes summed once at the end
 // Outputs are NCHW contiguous, the width innermost as the kernels compute it.
+#ifndef SB_WIDTH_ENTRY
+// the ISA's own vector width; in the avx512 build rows of at most 8 output columns go to the 8-lane
+// build of this file (conv_width_narrow.cpp), where a 16-lane vector would be half empty or worse
+#define SB_WIDTH_ENTRY(name) name
+#if defined(__AVX512F__)
+#define SB_WIDTH_SENDS_NARROW_ROWS 1
+#else
+#define SB_WIDTH_SENDS_NARROW_ROWS 0
+#endif
+#endif
 #include "conv_tiles.h"
 
 namespace sparsebench {
@@ -223,8 +233,19 @@ torch::Tensor weight_grad_impl(const WDy& DY, const WPacked& X, const Entries& E
 
 }  // namespace
 
+#if SB_WIDTH_SENDS_NARROW_ROWS
+torch::Tensor sparse_conv2d_width_forward_narrow(const torch::Tensor&, const torch::Tensor&,
+                                                 const std::optional<torch::Tensor>&, const torch::Tensor&,
+                                                 const torch::Tensor&, at::IntArrayRef, at::IntArrayRef,
+                                                 at::IntArrayRef, at::IntArrayRef);
+std::tuple<torch::Tensor, torch::Tensor> sparse_conv2d_width_backward_narrow(
+    const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+    at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, bool, bool);
+static bool narrow_rows(const Geometry& g) { return g.OW <= 8; }
+#endif
+
 // y (n, out, oh, ow), NCHW contiguous: sparse_conv2d_forward's product, vectorised over the width.
-torch::Tensor sparse_conv2d_width_forward(const torch::Tensor& x_in, const torch::Tensor& values,
+torch::Tensor SB_WIDTH_ENTRY(sparse_conv2d_width_forward)(const torch::Tensor& x_in, const torch::Tensor& values,
                                           const std::optional<torch::Tensor>& bias_in, const torch::Tensor& row_ptr,
                                           const torch::Tensor& col, at::IntArrayRef block, at::IntArrayRef kernel,
                                           at::IntArrayRef stride, at::IntArrayRef padding) {
@@ -233,13 +254,17 @@ torch::Tensor sparse_conv2d_width_forward(const torch::Tensor& x_in, const torch
   const Geometry g = geometry(x, E.groups * E.R, kernel, stride, padding);
   const torch::Tensor bias = checked_bias(bias_in, g.OC);
   if (g.N == 0 || g.OC == 0 || g.OH == 0 || g.OW == 0) return torch::zeros({g.N, g.OC, g.OH, g.OW}, x.options());
+#if SB_WIDTH_SENDS_NARROW_ROWS
+  if (narrow_rows(g))
+    return sparse_conv2d_width_forward_narrow(x, values, bias_in, row_ptr, col, block, kernel, stride, padding);
+#endif
   const auto pv = packed_values(E, values);
   return forward_impl(x, E, pv, bias.defined() ? bias.data_ptr<float>() : nullptr, g);
 }
 
 // (dx, dvalues) of sparse_conv2d_width_forward for the output gradient dy; each only where asked
 // (an empty (0,) tensor otherwise). dx is NCHW contiguous.
-std::tuple<torch::Tensor, torch::Tensor> sparse_conv2d_width_backward(
+std::tuple<torch::Tensor, torch::Tensor> SB_WIDTH_ENTRY(sparse_conv2d_width_backward)(
     const torch::Tensor& dy_in, const torch::Tensor& x_in, const torch::Tensor& values, const torch::Tensor& row_ptr,
     const torch::Tensor& col, at::IntArrayRef block, at::IntArrayRef kernel, at::IntArrayRef stride,
     at::IntArrayRef padding, bool need_x, bool need_w) {
@@ -256,6 +281,11 @@ std::tuple<torch::Tensor, torch::Tensor> sparse_conv2d_width_backward(
     if (need_w) dvalues = torch::zeros(values.sizes(), values.options());
     return {dx, dvalues};
   }
+#if SB_WIDTH_SENDS_NARROW_ROWS
+  if (narrow_rows(g))
+    return sparse_conv2d_width_backward_narrow(dy, x, values, row_ptr, col, block, kernel, stride, padding, need_x,
+                                               need_w);
+#endif
   const WDy DY = pack_dy(dy, g);
   if (need_w) {  // first, so the packed input is freed before dx is allocated
     const WPacked X = pack_input(x, g);
@@ -266,11 +296,11 @@ std::tuple<torch::Tensor, torch::Tensor> sparse_conv2d_width_backward(
 }
 
 // The training op: its backward (sparsebench/kernels/ops.py) is sparse_conv2d_width_backward.
-torch::Tensor sparse_conv2d_width(const torch::Tensor& x, const torch::Tensor& values,
+torch::Tensor SB_WIDTH_ENTRY(sparse_conv2d_width)(const torch::Tensor& x, const torch::Tensor& values,
                                   const std::optional<torch::Tensor>& bias, const torch::Tensor& row_ptr,
                                   const torch::Tensor& col, at::IntArrayRef block, at::IntArrayRef kernel,
                                   at::IntArrayRef stride, at::IntArrayRef padding) {
-  return sparse_conv2d_width_forward(x, values, bias, row_ptr, col, block, kernel, stride, padding);
+  return SB_WIDTH_ENTRY(sparse_conv2d_width_forward)(x, values, bias, row_ptr, col, block, kernel, stride, padding);
 }
 
 }  // namespace sparsebench
