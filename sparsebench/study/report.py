@@ -128,8 +128,8 @@ def best_method_sentence(rows: list[dict], arch: str) -> str | None:
                     f"{'s' if best['n'] != 1 else ''}).")
     best = max(mine, key=lambda r: r["mean"])
     return (f"{arch} ({best['model']}): no method reaches dense's final accuracy minus "
-            f"{max(analysis.TARGET_DROPS):g} points in every seed; `{best['method']}` ends most accurate ({best['mean']:.3f}, "
-            f"n={best['n']}, {best['train_time_s'][0]:.0f} s of training).")
+            f"{max(analysis.TARGET_DROPS):g} points in every seed; `{best['method']}` ends most accurate "
+            f"({best['mean']:.3f}, n={best['n']}, {best['train_time_s'][0]:.0f} s of training).")
 
 
 def break_even_md(rows: list[dict]) -> str:
