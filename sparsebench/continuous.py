@@ -36,7 +36,7 @@ from .results import read_result
 from .timing import change_interval
 
 # HEAD's time ratio may exceed BASE's by this fraction before the change's whole interval counts as a
-# regression; docs/gate.md gives the A/A runs it rests on
+# regression; docs/time-gate.md gives the A/A runs it rests on
 TIME_TOLERANCE = 0.15
 TIME_METRIC = "time_ratio_vs_dense"
 # a bootstrap of a median from fewer pairs is no 95% interval: 2 pairs of millisecond steps once read an
