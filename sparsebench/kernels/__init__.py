@@ -31,6 +31,7 @@ Kernels run on ``torch.get_num_threads()`` threads.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -76,7 +77,12 @@ def variant_forced() -> bool:
 def build_key() -> str:
     """A hash of this variant's kernel sources and build flags: measurements of the kernels (a cached
     conv path choice) are only valid for the build they were made with."""
-    return _build._key(variant())
+    return _source_key(variant())
+
+
+@functools.cache
+def _source_key(v: str) -> str:  # the sources are read once per process, not at every new layer shape
+    return _build._key(v)
 
 
 def supported_variants() -> list[str]:

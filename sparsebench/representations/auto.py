@@ -53,9 +53,6 @@ def _machine_key(device: torch.device) -> str:
     return this_machine(kernels.variant(), device)[1]
 
 
-_load_cache = choices.load
-
-
 def _save_choice(path: Path, key: str, decision: dict) -> None:
     choices.save(path, key, decision, LOCK_TIMEOUT_S, "auto choice")
 
@@ -128,7 +125,7 @@ def choose(scheme: Scheme, layer_name: str, layer: nn.Module, mask: torch.Tensor
                     "x".join(map(str, input_shape)), str(scheme)])
     valid = candidates(scheme, shape2d, layer_name)
     path = _cache_path()
-    cached = _load_cache(path).get(key)
+    cached = choices.load(path).get(key)
     if isinstance(cached, dict) and cached.get("chosen") in valid:
         return cached["chosen"]
     x = _calibration_input(layer, input_shape)

@@ -241,7 +241,13 @@ torch::Tensor sparse_conv2d_width_forward_narrow(const torch::Tensor&, const tor
 std::tuple<torch::Tensor, torch::Tensor> sparse_conv2d_width_backward_narrow(
     const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
     at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, bool, bool);
-static bool narrow_rows(const Geometry& g) { return g.OW <= 8; }
+// Rows of at most 8 output columns, decided before any check or entry list: the narrow build is this
+// same source, so it checks (and rejects) every argument exactly as this one would.
+static bool narrow_rows(const torch::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef stride,
+                        at::IntArrayRef padding) {
+  if (x.dim() != 4 || kernel.size() != 2 || stride.size() != 2 || padding.size() != 2 || stride[1] <= 0) return false;
+  return (x.size(3) + 2 * padding[1] - kernel[1]) / stride[1] + 1 <= 8;
+}
 #endif
 
 // y (n, out, oh, ow), NCHW contiguous: sparse_conv2d_forward's product, vectorised over the width.
@@ -249,15 +255,15 @@ torch::Tensor SB_WIDTH_ENTRY(sparse_conv2d_width_forward)(const torch::Tensor& x
                                           const std::optional<torch::Tensor>& bias_in, const torch::Tensor& row_ptr,
                                           const torch::Tensor& col, at::IntArrayRef block, at::IntArrayRef kernel,
                                           at::IntArrayRef stride, at::IntArrayRef padding) {
+#if SB_WIDTH_SENDS_NARROW_ROWS
+  if (narrow_rows(x_in, kernel, stride, padding))
+    return sparse_conv2d_width_forward_narrow(x_in, values, bias_in, row_ptr, col, block, kernel, stride, padding);
+#endif
   const auto& x = check_input("x", x_in);
   const Entries E = check_weight(values, row_ptr, col, block, x.size(1), kernel);
   const Geometry g = geometry(x, E.groups * E.R, kernel, stride, padding);
   const torch::Tensor bias = checked_bias(bias_in, g.OC);
   if (g.N == 0 || g.OC == 0 || g.OH == 0 || g.OW == 0) return torch::zeros({g.N, g.OC, g.OH, g.OW}, x.options());
-#if SB_WIDTH_SENDS_NARROW_ROWS
-  if (narrow_rows(g))
-    return sparse_conv2d_width_forward_narrow(x, values, bias_in, row_ptr, col, block, kernel, stride, padding);
-#endif
   const auto pv = packed_values(E, values);
   return forward_impl(x, E, pv, bias.defined() ? bias.data_ptr<float>() : nullptr, g);
 }
@@ -268,6 +274,11 @@ std::tuple<torch::Tensor, torch::Tensor> SB_WIDTH_ENTRY(sparse_conv2d_width_back
     const torch::Tensor& dy_in, const torch::Tensor& x_in, const torch::Tensor& values, const torch::Tensor& row_ptr,
     const torch::Tensor& col, at::IntArrayRef block, at::IntArrayRef kernel, at::IntArrayRef stride,
     at::IntArrayRef padding, bool need_x, bool need_w) {
+#if SB_WIDTH_SENDS_NARROW_ROWS
+  if (narrow_rows(x_in, kernel, stride, padding))
+    return sparse_conv2d_width_backward_narrow(dy_in, x_in, values, row_ptr, col, block, kernel, stride, padding,
+                                               need_x, need_w);
+#endif
   const auto& x = check_input("x", x_in);
   const auto& dy = check_input("dy", dy_in);
   const Entries E = check_weight(values, row_ptr, col, block, x.size(1), kernel);
@@ -281,11 +292,6 @@ std::tuple<torch::Tensor, torch::Tensor> SB_WIDTH_ENTRY(sparse_conv2d_width_back
     if (need_w) dvalues = torch::zeros(values.sizes(), values.options());
     return {dx, dvalues};
   }
-#if SB_WIDTH_SENDS_NARROW_ROWS
-  if (narrow_rows(g))
-    return sparse_conv2d_width_backward_narrow(dy, x, values, row_ptr, col, block, kernel, stride, padding, need_x,
-                                               need_w);
-#endif
   const WDy DY = pack_dy(dy, g);
   if (need_w) {  // first, so the packed input is freed before dx is allocated
     const WPacked X = pack_input(x, g);
